@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything data2vec2 needs on a fresh machine of this project's kind (Debian, CPU,
+# Python 3.11): the Fashion-MNIST Debian package, the pinned CPU build of PyTorch, and the package
+# itself in editable mode with its test extra. Safe to run again: every step is skipped when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[install] apt-get install dataset-fashion-mnist"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    else
+        echo "[install] warning: Fashion-MNIST is not installed; run 'apt-get install dataset-fashion-mnist' as root" >&2
+    fi
+fi
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "[install] pip install torch==2.13.0 (CPU build)"
+    "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
+fi
+if ! "$PY" -c "import data2vec2, pytest" 2>/dev/null; then
+    echo "[install] pip install -e .[dev]"
+    "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+fi

@@ -1,0 +1,169 @@
+"""The `data2vec2` command line.
+
+    data2vec2 demo [--out runs/demo]                       the main job: pre-train, probe, summary
+    data2vec2 prepare fashion-mnist [--cache cache]        build the data cache from the Debian package
+    data2vec2 presets                                      list the shipped presets
+    data2vec2 pretrain image-tiny --run runs/x [k=v ...]   pre-train (auto-resumes from runs/x)
+    torchrun --nproc_per_node=N -m data2vec2 pretrain ...  the same on N processes (DDP)
+    data2vec2 probe RUN_OR_EXPORT [--pool mean|cls]        linear probe on frozen features
+    data2vec2 knn RUN_OR_EXPORT                            k-nearest-neighbour accuracy
+    data2vec2 export RUN --out DIR                         encoder-only model.safetensors + config.json
+    data2vec2 embed EXPORT_OR_RUN IMAGES --out feats.npy   features for a folder of images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import Data2Vec2Error
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=5e-4")
+
+
+def cmd_presets(args) -> None:
+    from .config import load_config, preset_names
+
+    for name in preset_names():
+        c = load_config(name)
+        m = c.model
+        print(f"{name:12s} {m.modality}: D={m.embed_dim} blocks={m.prenet_depth}+{m.depth} heads={m.num_heads} "
+              f"M={c.masking.num_masks} batch={c.train.batch_size} updates={c.train.max_steps}")
+
+
+def cmd_prepare(args) -> None:
+    if args.dataset == "fashion-mnist":
+        from .data.fashion_mnist import prepare_fashion_mnist
+
+        out = prepare_fashion_mnist(Path(args.cache), progress=True)
+        print(f"Fashion-MNIST ready in {out}")
+
+
+def cmd_pretrain(args) -> None:
+    from .config import load_config
+    from .train.loop import pretrain
+
+    config = load_config(args.preset, args.overrides)
+    run = Path(args.run or f"runs/{config.name}")
+    result = pretrain(config, run, resume=not args.no_resume, progress=not args.no_progress)
+    if "RANK" not in __import__("os").environ or __import__("os").environ.get("RANK") == "0":
+        print(json.dumps({k: v for k, v in result.items() if k != "last"} | {"last_loss": result["last"].get("loss")}))
+
+
+def cmd_eval(args, kind: str) -> None:
+    from .eval.image_eval import evaluate_encoder, load_encoder_any
+
+    encoder, config = load_encoder_any(args.model)
+    if args.cache:
+        config.data.cache_dir = args.cache
+    result = evaluate_encoder(encoder, config, args.train, args.test, pool=args.pool, knn=kind == "knn",
+                              probe=kind == "probe", bf16=args.bf16)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_export(args) -> None:
+    from .eval.image_eval import load_encoder_any
+    from .export import export_encoder
+
+    encoder, config = load_encoder_any(args.run)
+    d = config.data
+    out = export_encoder(encoder, config.model, args.out,
+                         extra={"data": {"channels": d.channels, "mean": list(d.mean), "std": list(d.std)}})
+    print(f"exported the encoder to {out} (load it with data2vec2.load_encoder('{out}'))")
+
+
+def cmd_embed(args) -> None:
+    import numpy as np
+
+    from .data.images import open_image_source
+    from .eval.features import extract_features
+    from .eval.image_eval import load_encoder_any
+
+    encoder, config = load_encoder_any(args.model)
+    source = open_image_source(args.images, Path(config.data.cache_dir), config.data.channels)
+    feats, _ = extract_features(encoder, source, image_size=config.model.image.image_size, mean=config.data.mean,
+                                std=config.data.std, pool=args.pool, progress=True)
+    np.save(args.out, feats.numpy())
+    paths = [source.path(i) for i in range(len(source))]
+    Path(str(args.out) + ".paths.txt").write_text("\n".join(paths) + "\n")
+    print(f"wrote {tuple(feats.shape)} features to {args.out} (row order in {args.out}.paths.txt)")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, args.overrides, resume=args.resume, progress=not args.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="data2vec2", description="data2vec 2.0 self-supervised pre-training",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="pre-train image-tiny on Fashion-MNIST and compare linear probes")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted demo instead of starting over")
+    p.add_argument("--no-progress", action="store_true")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("presets", help="list the shipped presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("prepare", help="prepare a data set into the cache")
+    p.add_argument("dataset", choices=["fashion-mnist"])
+    p.add_argument("--cache", default="cache")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("pretrain", help="pre-train (resumes automatically from the run folder)")
+    p.add_argument("preset", help="a preset name (data2vec2 presets) or a YAML file")
+    p.add_argument("--run", help="run folder (default runs/<preset name>)")
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in the run folder")
+    p.add_argument("--no-progress", action="store_true")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    for kind, help_text in (("probe", "linear probe on frozen features"), ("knn", "k-nearest-neighbour accuracy")):
+        p = sub.add_parser(kind, help=help_text)
+        p.add_argument("model", help="an export folder, a run folder or a checkpoint file")
+        p.add_argument("--train", default="fashion-mnist:train", help="labelled images: fashion-mnist:train or a folder")
+        p.add_argument("--test", default="fashion-mnist:test")
+        p.add_argument("--pool", choices=["mean", "cls"], default="mean")
+        p.add_argument("--cache", help="the data cache (default: the run's data.cache_dir)")
+        p.add_argument("--bf16", action="store_true", help="extract features under bf16 autocast")
+        p.set_defaults(func=lambda a, k=kind: cmd_eval(a, k))
+
+    p = sub.add_parser("export", help="write the encoder as model.safetensors + config.json")
+    p.add_argument("run", help="a run folder or a checkpoint file")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("embed", help="write features for a folder of images (.npy)")
+    p.add_argument("model", help="an export folder, a run folder or a checkpoint file")
+    p.add_argument("images", help="a folder of images (recursive) or fashion-mnist:test")
+    p.add_argument("--out", required=True)
+    p.add_argument("--pool", choices=["mean", "cls"], default="mean")
+    p.set_defaults(func=cmd_embed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except Data2Vec2Error as e:
+        print(f"data2vec2: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("data2vec2: interrupted; the last checkpoint on disk is complete (resume with the same command)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

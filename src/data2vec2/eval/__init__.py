@@ -1,0 +1,1 @@
+"""Evaluation protocols for frozen features: linear probe and weighted kNN."""

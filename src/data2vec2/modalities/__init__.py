@@ -1,0 +1,1 @@
+"""One module per modality: its local encoder, positions, masker, decoder and data pipeline."""

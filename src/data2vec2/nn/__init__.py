@@ -1,0 +1,1 @@
+"""Modality-agnostic building blocks: transformer blocks, conv decoders, the EMA teacher."""

@@ -1,0 +1,50 @@
+"""The EMA teacher (spec 2): an exponential moving average of the student, in fp32.
+
+    tau(t) = tau_e - (tau_e - tau_0) * (1 - t / n)   for t < n   (a linear ramp tau_0 -> tau_e)
+    tau(t) = tau_e                                    for t >= n
+    p_teacher <- tau * p_teacher + (1 - tau) * p_student,  skipped entirely when tau = 1.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def ema_decay(step: int, decay: float, end_decay: float, anneal_steps: int) -> float:
+    """tau after `step` optimizer updates."""
+    if decay == end_decay or step >= anneal_steps:
+        return end_decay
+    return end_decay - (end_decay - decay) * (1.0 - step / anneal_steps)
+
+
+def make_teacher(student_part: nn.Module) -> nn.Module:
+    """An fp32 copy of `student_part` that never receives gradients and always runs in eval mode."""
+    teacher = copy.deepcopy(student_part).float()
+    teacher.requires_grad_(False)
+    teacher.eval()
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:
+    """One EMA step. Parameters the teacher lacks (decoder, shared parts) are skipped; parameters
+    frozen in the student and all buffers are copied."""
+    if tau >= 1.0:
+        return
+    student_params = dict(student.named_parameters())
+    lerp_t, lerp_s = [], []
+    for name, p_t in teacher.named_parameters():
+        p_s = student_params[name]
+        if p_s.requires_grad:
+            lerp_t.append(p_t)
+            lerp_s.append(p_s.detach().to(p_t.dtype))
+        else:
+            p_t.copy_(p_s)
+    if lerp_t:
+        torch._foreach_lerp_(lerp_t, lerp_s, 1.0 - tau)
+    student_buffers = dict(student.named_buffers())
+    for name, b_t in teacher.named_buffers():
+        b_t.copy_(student_buffers[name])

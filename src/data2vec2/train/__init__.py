@@ -1,0 +1,1 @@
+"""The modality-agnostic training loop and its parts."""

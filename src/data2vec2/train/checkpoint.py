@@ -1,0 +1,55 @@
+"""Training checkpoints: complete resume state, written atomically, loaded without unpickling code.
+
+Layout of a run folder:
+    config.yaml            the resolved config
+    checkpoints/last.pt    the newest checkpoint
+    checkpoints/step_000001000.pt ...   the `keep` newest step checkpoints
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import TrainingError
+
+STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
+    """Write `state` as step_<step>.pt and last.pt; each file is written to a temporary name and
+    renamed, so a file on disk is always complete. Older step files beyond `keep` are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"step_{step:09d}.pt"
+    tmp = folder / f".{target.name}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, target)
+    tmp_last = folder / ".last.pt.tmp"
+    try:
+        os.link(target, tmp_last)  # a hard link: last.pt costs no extra space
+    except OSError:
+        torch.save(state, tmp_last)
+    os.replace(tmp_last, folder / "last.pt")
+    steps = sorted(p for p in folder.glob("step_*.pt") if STEP_FILE.search(p.name))
+    for old in steps[:-keep] if keep > 0 else steps:
+        if old != target:
+            old.unlink()
+    return target
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    last = run_dir / "checkpoints" / "last.pt"
+    return last if last.exists() else None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load with `weights_only=True`: tensors and plain containers only, never arbitrary objects."""
+    if not path.exists():
+        raise TrainingError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainingError(f"cannot load checkpoint {path}: {e}") from None
