@@ -3,7 +3,7 @@
     data2vec2 demo [--out runs/demo]                       the main job: pre-train, probe, summary
     data2vec2 prepare fashion-mnist [--cache cache]        build the data cache from the Debian package
     data2vec2 presets                                      list the shipped presets
-    data2vec2 pretrain image-tiny --run runs/x [k=v ...]   pre-train (auto-resumes from runs/x)
+    data2vec2 pretrain image-tiny --run-dir runs/x [k=v ...]  pre-train (auto-resumes)
     torchrun --nproc_per_node=N -m data2vec2 pretrain ...  the same on N processes (DDP)
     data2vec2 probe RUN_OR_EXPORT [--pool mean|cls]        linear probe on frozen features
     data2vec2 knn RUN_OR_EXPORT                            k-nearest-neighbour accuracy
@@ -48,7 +48,7 @@ def cmd_pretrain(args) -> None:
     from .train.loop import pretrain
 
     config = load_config(args.preset, args.overrides)
-    run = Path(args.run or f"runs/{config.name}")
+    run = Path(args.run_dir or f"runs/{config.name}")
     result = pretrain(config, run, resume=not args.no_resume, progress=not args.no_progress)
     if "RANK" not in __import__("os").environ or __import__("os").environ.get("RANK") == "0":
         print(json.dumps({k: v for k, v in result.items() if k != "last"} | {"last_loss": result["last"].get("loss")}))
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pre-train (resumes automatically from the run folder)")
     p.add_argument("preset", help="a preset name (data2vec2 presets) or a YAML file")
-    p.add_argument("--run", help="run folder (default runs/<preset name>)")
+    p.add_argument("--run-dir", help="run folder (default runs/<preset name>)")
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in the run folder")
     p.add_argument("--no-progress", action="store_true")
     _add_overrides(p)
@@ -152,7 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (argparse only takes them before)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except Data2Vec2Error as e:

@@ -11,13 +11,18 @@ pixels) so that numbers are comparable:
 3. Pick the candidate with the best validation accuracy (ties: the earliest
    candidate), retrain on the full training set (standardised with its own
    statistics) and report accuracy on the test split, which is used only here.
+
+Every fit starts from zero weights and shuffles with a seeded ``torch.Generator``,
+so results are deterministic. Small training sets are trained for more epochs so
+that each fit takes at least ``min_steps`` optimisation steps.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -92,13 +97,34 @@ def _accuracy(model: nn.Linear, x: Tensor, y: Tensor, batch_size: int) -> float:
     return correct / x.shape[0]
 
 
+@contextmanager
+def _flush_denormal() -> Iterator[None]:
+    """Flush denormal floats to zero while training, restoring the caller's setting.
+
+    Once a probe fits well, softmax probabilities underflow into the denormal
+    range, which makes CPU arithmetic up to ~10x slower.
+    """
+    was_on = (torch.tensor([1e-30]) * 1e-10).item() == 0.0
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
+
+
+def _num_epochs(n: int, epochs: int, batch_size: int, min_steps: int) -> int:
+    """``epochs``, raised if needed so that training takes at least ``min_steps`` steps."""
+    return max(epochs, math.ceil(min_steps / math.ceil(n / batch_size)))
+
+
 def _train(
     x: Tensor, y: Tensor, num_classes: int, *, weight_decay: float, epochs: int,
-    batch_size: int, lr: float, seed: int,
+    batch_size: int, lr: float, seed: int, min_steps: int,
 ) -> nn.Linear:
     """Fit a zero-initialised linear classifier on standardised ``x``."""
+    epochs = _num_epochs(x.shape[0], epochs, batch_size, min_steps)
     gen = torch.Generator().manual_seed(seed)
-    model = nn.Linear(x.shape[1], num_classes)
+    model = nn.utils.skip_init(nn.Linear, x.shape[1], num_classes)  # leaves global RNG alone
     nn.init.zeros_(model.weight)
     nn.init.zeros_(model.bias)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -106,17 +132,18 @@ def _train(
     steps_per_epoch = math.ceil(n / batch_size)
     total = max(1, epochs * steps_per_epoch)
     step = 0
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch_size):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-            idx = perm[i : i + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+    with _flush_denormal():
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, batch_size):
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+                idx = perm[i : i + batch_size]
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
     return model
 
 
@@ -140,7 +167,8 @@ def linear_probe(
     weight_decays: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2),
     epochs: int = 30,
     batch_size: int = 1024,
-    lr: float = 1e-2,
+    lr: float = 3e-2,
+    min_steps: int = 1000,
     seed: int = 0,
     progress: bool = False,
 ) -> ProbeResult:
@@ -152,6 +180,10 @@ def linear_probe(
         val_fraction: fraction of each training class held out for choosing weight decay.
         weight_decays: AdamW weight-decay candidates (the earliest wins ties).
         epochs, batch_size, lr: optimisation settings (AdamW, cosine schedule to 0).
+            The defaults take ~15 s for 54k x 784 features on 2 CPU cores.
+        min_steps: small training sets get more epochs so that every fit takes at
+            least this many optimisation steps (``ProbeResult.epochs`` reports the
+            number of epochs of the final refit).
         seed: seeds the validation split and mini-batch shuffling.
         progress: print validation accuracy per candidate.
     """
@@ -167,15 +199,15 @@ def linear_probe(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if len(weight_decays) == 0:
         raise ValueError("weight_decays must contain at least one candidate")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be >= 1")
+    if epochs < 1 or batch_size < 1 or min_steps < 0:
+        raise ValueError("epochs and batch_size must be >= 1 and min_steps >= 0")
 
     train_x = train_x.detach().to("cpu", torch.float32)
     test_x = test_x.detach().to("cpu", torch.float32)
     train_y = train_y.detach().to("cpu", torch.long)
     test_y = test_y.detach().to("cpu", torch.long)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, min_steps=min_steps)
 
     fit_idx, val_idx = _stratified_split(train_y, val_fraction, torch.Generator().manual_seed(seed))
     fit_x, fit_y = train_x[fit_idx], train_y[fit_idx]
@@ -194,5 +226,6 @@ def linear_probe(
         print(f"[linear_probe] chosen weight_decay={best_wd:g} test_acc={test_acc:.4f}", flush=True)
     return ProbeResult(
         test_accuracy=test_acc, val_accuracy=best_val, weight_decay=best_wd,
-        epochs=epochs, num_features=train_x.shape[1],
+        epochs=_num_epochs(train_x.shape[0], epochs, batch_size, min_steps),
+        num_features=train_x.shape[1],
     )

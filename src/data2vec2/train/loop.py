@@ -271,7 +271,7 @@ def _save(model: Data2Vec2, optimizer, scheduler, config: Config, step: int, run
             "step": step,
             "rng": rng_states,
             "config": config_to_dict(config),
-            "versions": {"data2vec2": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "versions": {"data2vec2": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
         }
         save_checkpoint(state, run_dir / "checkpoints", step, keep)
     dist_utils.barrier()

@@ -1,0 +1,219 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data2vec2.config import load_config
+from data2vec2.masking import make_masks
+from data2vec2.model import build_model
+from data2vec2.modalities.image import sincos_positions_2d
+from data2vec2.nn.ema import ema_decay, ema_update
+
+from conftest import SMALL
+
+
+def small_model(extra=()):
+    torch.manual_seed(0)
+    config = load_config("image-tiny", SMALL + list(extra))
+    return build_model(config), config
+
+
+def batch(config, B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ic, m = config.model.image, config.masking
+    images = torch.randn(B, ic.in_channels, ic.image_size, ic.image_size, generator=g)
+    grid = ic.image_size // ic.patch_size
+    rng = np.random.default_rng(seed)
+    mask = np.concatenate([make_masks(m.kind, m.num_masks, (grid, grid), m.mask_prob, m.mask_length,
+                                      m.mask_prob_adjust, rng) for _ in range(B)])
+    return images, torch.from_numpy(mask), torch.arange(B) + 100 * seed
+
+
+def test_parameter_counts_of_base_preset():
+    model = build_model(load_config("image-base"))
+    enc = sum(p.numel() for p in model.student.encoder.parameters())
+    dec = sum(p.numel() for p in model.student.decoder.parameters())
+    assert abs(enc / 1e6 - 85.6) < 0.05 and abs(dec / 1e6 - 2.6) < 0.05
+    assert sum(p.numel() for p in model.teacher.parameters() if p.requires_grad) == 0
+
+
+def test_ema_schedule_values():
+    assert ema_decay(0, 0.9998, 0.99999, 100_000) == pytest.approx(0.9998)
+    assert ema_decay(50_000, 0.9998, 0.99999, 100_000) == pytest.approx((0.9998 + 0.99999) / 2)
+    assert ema_decay(100_000, 0.9998, 0.99999, 100_000) == 0.99999
+    assert ema_decay(10**7, 0.9998, 1.0, 300_000) == 1.0
+    values = [ema_decay(t, 0.999, 0.9999, 1000) for t in range(0, 1200, 100)]
+    assert all(a < b for a, b in zip(values[:10], values[1:11])) and values[-1] == values[-2] == 0.9999
+
+
+def test_ema_update_rule_and_freeze():
+    model, _ = small_model()
+    student, teacher = model.student.encoder, model.teacher
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update(teacher, student, 0.9)
+    s = dict(student.named_parameters())
+    for name, p in teacher.named_parameters():
+        torch.testing.assert_close(p, 0.9 * before[name] + 0.1 * s[name].detach())
+    snapshot = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update(teacher, student, 1.0)  # tau = 1 freezes the teacher
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, snapshot[k])
+
+
+def test_teacher_runs_once_per_sample_in_eval_mode():
+    model, config = small_model()
+    model.train()
+    assert not model.teacher.training and model.student.training
+    seen = []
+    model.teacher.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    images, mask, seeds = batch(config)
+    model(images, mask, seeds)
+    assert seen == [images.shape[0]]  # B samples, not B*M clones
+
+
+def test_targets_do_not_depend_on_student_masks_and_repeat_sample_major():
+    model, config = small_model()
+    images, mask_a, seeds = batch(config, seed=0)
+    _, mask_b, _ = batch(config, seed=1)
+    y = model.targets(images)
+    captured = []
+    orig = model.regression
+    model.regression = lambda pred, target: captured.append(target) or orig(pred, target)
+    model(images, mask_a, seeds)
+    model(images, mask_b, seeds)
+    model.regression = orig
+    M = config.masking.num_masks
+    y_rep = y.repeat_interleave(M, 0)
+    torch.testing.assert_close(captured[0], y_rep[mask_a])
+    torch.testing.assert_close(captured[2], y_rep[mask_b])
+    # rows b*M .. b*M+M-1 all carry sample b's targets
+    for b in range(images.shape[0]):
+        for j in range(M):
+            assert torch.equal(y_rep[b * M + j], y[b])
+    torch.testing.assert_close(model.targets(images), y)  # the student's masks never reach the teacher
+
+
+def test_targets_are_normalised_ffn_outputs_of_top_k_shared_blocks():
+    model, config = small_model()
+    images, _, _ = batch(config)
+    teacher = model.teacher
+    # by hand: run the teacher and collect the FFN outputs via hooks on the MLPs of the shared blocks
+    ffn = []
+    hooks = [blk.mlp.register_forward_hook(lambda m, i, o: ffn.append(o)) for blk in teacher.blocks]
+    with torch.no_grad():
+        teacher(images)
+    for h in hooks:
+        h.remove()
+    K = config.targets.top_k
+    layers = []
+    for f in ffn[-K:]:
+        f = f[:, 1:].float()  # drop CLS
+        mu, var = f.mean(1, keepdim=True), f.var(1, unbiased=False, keepdim=True)
+        layers.append((f - mu) / torch.sqrt(var + 1e-5))  # instance norm over tokens
+    y = sum(layers) / K
+    y = (y - y.mean(-1, keepdim=True)) / torch.sqrt(y.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(model.targets(images), y, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_equals_hand_computed_value():
+    model, config = small_model()
+    images, mask, seeds = batch(config)
+    out = model(images, mask, seeds)
+    # by hand, reusing the same mask-token noise (it depends only on the per-sample seeds)
+    student = model.student(images, mask, seeds)
+    y = model.targets(images)
+    M, D = config.masking.num_masks, config.model.embed_dim
+    y_rep = y.repeat_interleave(M, 0)
+    sq = ((student.pred.float() - y_rep) ** 2).sum(-1)  # (B*M, T)
+    n = mask.sum()
+    reg = (sq * mask).sum() / math.sqrt(D)
+    cls = ((student.x[:, 0] - y.mean(1).repeat_interleave(M, 0)) ** 2).sum() / math.sqrt(D)
+    expected = reg + 0.01 * n * cls
+    torch.testing.assert_close(out["loss_sum"], expected, rtol=1e-5, atol=1e-4)
+    assert int(out["num_masked"]) == int(n)
+
+
+def test_student_drops_masked_tokens():
+    model, config = small_model()
+    images, mask, seeds = batch(config)
+    out = model.student(images, mask, seeds)
+    T = mask.shape[1]
+    keep = T - int(mask[0].sum())
+    assert out.x.shape == (mask.shape[0], 1 + keep, config.model.embed_dim)  # CLS + kept tokens only
+    assert out.pred.shape == (mask.shape[0], T, config.model.embed_dim)
+
+
+def test_decoder_residual_rule():
+    from data2vec2.nn.decoders import Decoder2d
+
+    dec = Decoder2d(16, 8, kernel_size=3, layers=2, groups=1, residual=True, grid=(2, 2))
+    # layer 1 changes channels (16 -> 8): no residual; layer 2 (8 -> 8): residual
+    x = torch.randn(1, 4, 16)
+    h = x.transpose(1, 2).reshape(1, 16, 2, 2)
+    a = dec.layers[0](h)
+    b = dec.layers[1](a) + a
+    expected = dec.proj(b.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(dec(x), expected)
+
+
+def test_sincos_positions():
+    table = sincos_positions_2d(8, 3)  # 9 patches, D = 8: [sin x, cos x] over 2 freqs, then y
+    assert table.shape == (9, 8)
+    # patch 5 is row 1, column 2
+    x, y = 2.0, 1.0
+    omega = [1.0, 1.0 / 100.0]
+    expected = [math.sin(x * w) for w in omega] + [math.cos(x * w) for w in omega] + \
+               [math.sin(y * w) for w in omega] + [math.cos(y * w) for w in omega]
+    torch.testing.assert_close(table[5], torch.tensor(expected))
+
+
+def test_mask_noise_is_fresh_and_seeded():
+    model, config = small_model()
+    images, mask, seeds = batch(config)
+    a = model.student(images, mask, seeds).pred
+    b = model.student(images, mask, seeds).pred
+    c = model.student(images, mask, seeds + 1).pred
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_bad_config_key_and_type_are_named():
+    from data2vec2.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="masking.mask_prbo"):
+        load_config("image-tiny", ["masking.mask_prbo=0.5"])
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        load_config("image-tiny", ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="train.batch_size: expected an integer"):
+        load_config("image-tiny", ["train.batch_size=1.5"])
+    with pytest.raises(ConfigError, match="masking.mask_prob: must be in"):
+        load_config("image-tiny", ["masking.mask_prob=1.5"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("image-tinyy")
+
+
+def test_weight_decay_groups():
+    from data2vec2.train.optim import param_groups
+
+    model, config = small_model()
+    groups = param_groups(model.student, config.optim)  # reference: everything decayed
+    assert len(groups) == 1
+    config.optim.decay_1d_params = False
+    groups = param_groups(model.student, config.optim)
+    assert len(groups) == 2 and all(p.ndim > 1 for p in groups[0]["params"])
+    assert groups[1]["weight_decay"] == 0.0
+
+
+def test_lr_schedule():
+    from data2vec2.train.optim import lr_factor
+
+    assert lr_factor(0, 10, 100, 0.0) == 0.0
+    assert lr_factor(5, 10, 100, 0.0) == 0.5
+    assert lr_factor(10, 10, 100, 0.0) == 1.0
+    assert lr_factor(55, 10, 100, 0.0) == pytest.approx(0.5)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
