@@ -217,3 +217,50 @@ def test_lr_schedule():
     assert lr_factor(10, 10, 100, 0.0) == 1.0
     assert lr_factor(55, 10, 100, 0.0) == pytest.approx(0.5)
     assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_decoder1d_residual_rule_and_projection():
+    from data2vec2.nn.decoders import Decoder1d
+
+    torch.manual_seed(0)
+    # audio-like: first layer changes width (no residual there), later layers are residual
+    dec = Decoder1d(32, 16, kernel_size=7, layers=3, groups=4, residual=True)
+    x = torch.randn(2, 11, 32)
+    assert dec(x).shape == (2, 11, 32)
+    h = dec.layers[0](x.transpose(1, 2))
+    for layer in dec.layers[1:]:
+        h = layer(h) + h
+    torch.testing.assert_close(dec(x), dec.proj(h.transpose(1, 2)))
+    # text-like: no residual at all, two-layer projection D -> 2d -> GELU -> D
+    dec = Decoder1d(32, 32, kernel_size=9, layers=2, groups=1, residual=False, projection_layers=2)
+    h = x.transpose(1, 2)
+    for layer in dec.layers:
+        h = layer(h)
+    torch.testing.assert_close(dec(x), dec.proj(h.transpose(1, 2)))
+    assert [m.out_features for m in dec.proj if isinstance(m, torch.nn.Linear)] == [64, 32]
+
+
+def test_teacher_can_share_the_local_encoder():
+    """With ema_local_encoder = False (speech, text) the teacher has no local encoder of its own
+    and encodes the student's local features."""
+    model, config = small_model()
+    encoder = model.encoder
+    type(encoder).ema_local_encoder = False
+    type(encoder).local_encoder_modules = ("patch_embed",)
+    try:
+        from data2vec2.model import Data2Vec2
+
+        shared = Data2Vec2(encoder, model.student.decoder, config)
+        assert shared.teacher.patch_embed is None
+        assert not any(n.startswith("patch_embed") for n, _ in shared.teacher.named_parameters())
+        images, _, _ = batch(config)
+        with torch.no_grad():
+            encoder.patch_embed.weight.mul_(2.0)  # the teacher sees this change: it is shared
+        y = shared.targets(images)
+        lf = encoder.local_features(images)
+        y2 = shared.targets(images, lf)
+        torch.testing.assert_close(y, y2)
+        ema_update(shared.teacher, encoder, 0.5)  # skips the parameters the teacher lacks
+    finally:
+        del type(encoder).ema_local_encoder, type(encoder).local_encoder_modules
+    assert type(encoder).ema_local_encoder is True

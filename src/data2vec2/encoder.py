@@ -71,6 +71,11 @@ def init_bert(module: nn.Module) -> None:
 
 class Encoder(nn.Module):
     num_extra_tokens = 0
+    # The EMA teacher copies the whole encoder for images (its own patch embedding). Speech and
+    # text set `ema_local_encoder = False`: the teacher then has no local encoder (the submodules
+    # named in `local_encoder_modules`) and encodes the student's local features, detached.
+    ema_local_encoder = True
+    local_encoder_modules: tuple[str, ...] = ()
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -93,9 +98,15 @@ class Encoder(nn.Module):
     def extra_tokens(self, n: int) -> Tensor | None:
         return None
 
+    def padding_mask(self, inputs: Tensor) -> Tensor | None:
+        """(B, T) bool, True = padding, for inputs that carry padding (text); None otherwise."""
+        return None
+
     # -- shared path ----------------------------------------------------------------------
-    def contextualize(self, x: Tensor, padding_mask: Tensor | None = None) -> EncoderOutput:
-        """(N, T', D) tokens (kept ones for the student) -> context encoder -> shared blocks."""
+    def contextualize(self, x: Tensor, padding_mask: Tensor | None = None,
+                      attn_bias: Tensor | None = None) -> EncoderOutput:
+        """(N, T', D) tokens (kept ones for the student) -> context encoder -> shared blocks.
+        `attn_bias`: additive attention logits (N or 1, H, extra + T', extra + T'), e.g. ALiBi."""
         extra = self.extra_tokens(x.shape[0])
         if extra is not None:
             x = torch.cat([extra.to(x.dtype), x], dim=1)  # (N, extra + T', D)
@@ -103,13 +114,13 @@ class Encoder(nn.Module):
                 padding_mask = F.pad(padding_mask, (extra.shape[1], 0), value=False)
         x = self.context_norm(x)
         x = F.dropout(x, self.cfg.prenet_dropout, self.training)
-        x, _ = run_blocks(self.prenet, x, self.cfg.layerdrop, padding_mask=padding_mask)
-        x, ffn = run_blocks(self.blocks, x, self.cfg.layerdrop, padding_mask=padding_mask)
+        x, _ = run_blocks(self.prenet, x, self.cfg.layerdrop, attn_bias, padding_mask)
+        x, ffn = run_blocks(self.blocks, x, self.cfg.layerdrop, attn_bias, padding_mask)
         return EncoderOutput(x=x, ffn=ffn)
 
-    def forward_local(self, local_features: Tensor) -> EncoderOutput:
+    def forward_local(self, local_features: Tensor, padding_mask: Tensor | None = None) -> EncoderOutput:
         """Unmasked encoding of precomputed local features (the teacher's path)."""
-        return self.contextualize(self.add_positions(local_features))
+        return self.contextualize(self.add_positions(local_features), padding_mask)
 
     def forward_masked(self, local_features: Tensor, mask_info: MaskInfo, num_masks: int) -> EncoderOutput:
         """The student's path: clone each sample M times (sample-major), drop masked tokens."""
@@ -120,7 +131,7 @@ class Encoder(nn.Module):
 
     def forward(self, inputs: Tensor) -> EncoderOutput:
         """Encode whole, unmasked inputs: (B, ...) -> x (B, extra + T, D)."""
-        return self.forward_local(self.local_features(inputs))
+        return self.forward_local(self.local_features(inputs), self.padding_mask(inputs))
 
     def embed(self, inputs: Tensor, pool: str = "mean") -> Tensor:
         """Pooled features (B, D): "mean" over the tokens (extra tokens excluded), or "cls"."""

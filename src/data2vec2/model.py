@@ -91,7 +91,8 @@ class Data2Vec2(nn.Module):
         self.config = config
         self.student = Student(encoder, decoder, config)
         # Images: the teacher is a full EMA copy of the encoder, patch embedding and CLS included.
-        self.teacher = make_teacher(encoder)
+        # Speech and text: a copy without the local encoder, fed the student's local features.
+        self.teacher = make_teacher(encoder, () if encoder.ema_local_encoder else encoder.local_encoder_modules)
         D = config.model.embed_dim
         self.loss_scale = config.loss.scale if config.loss.scale is not None else 1.0 / math.sqrt(D)
 
@@ -117,10 +118,17 @@ class Data2Vec2(nn.Module):
         return tau
 
     @torch.no_grad()
-    def targets(self, inputs: Tensor) -> Tensor:
-        """Contextualised targets (B, T, D) in fp32, once per original sample (not per clone)."""
+    def targets(self, inputs: Tensor, local_features: Tensor | None = None) -> Tensor:
+        """Contextualised targets (B, T, D) in fp32, once per original sample (not per clone).
+        `local_features` (B, T, D): the student's, for a teacher that shares the local encoder
+        (computed here when not given)."""
         t = self.config.targets
-        out = self.teacher(inputs)
+        if self.encoder.ema_local_encoder:
+            out = self.teacher(inputs)
+        else:
+            if local_features is None:
+                local_features = self.encoder.local_features(inputs)
+            out = self.teacher.forward_local(local_features.detach(), self.encoder.padding_mask(inputs))
         extra = self.teacher.num_extra_tokens
         layers = [normalize(f[:, extra:].float(), t.layer_norm) for f in out.ffn[-t.top_k:]]
         y = torch.stack(layers).mean(dim=0)  # (B, T, D)
@@ -144,7 +152,7 @@ class Data2Vec2(nn.Module):
         student = student if student is not None else self.student
         M = self.config.masking.num_masks
         out: StudentOutput = student(inputs, mask, noise_seeds)
-        y = self.targets(inputs)  # (B, T, D)
+        y = self.targets(inputs, out.local_features)  # (B, T, D)
         y_rep = y.repeat_interleave(M, dim=0)  # (B*M, T, D), same sample-major order as the clones
 
         num_masked = mask.sum()

@@ -6,7 +6,6 @@ layer whenever its input and output channel counts agree; a final Linear maps to
 
 from __future__ import annotations
 
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -24,6 +23,45 @@ class _ChannelLayerNorm(nn.Module):
         return x.movedim(-1, 1)
 
 
+def _conv_stage(conv: nn.Module, channels: int) -> nn.Sequential:
+    return nn.Sequential(conv, _ChannelLayerNorm(channels), nn.GELU())
+
+
+class Decoder1d(nn.Module):
+    """Speech and text decoder over the time axis: (N, T, D) -> (N, T, out_dim) (spec 4.2).
+
+    `projection_layers=1`: Linear(dim -> out_dim); 2: Linear(dim -> 2 dim) -> GELU -> Linear."""
+
+    def __init__(self, in_dim: int, dim: int, *, kernel_size: int, layers: int, groups: int,
+                 residual: bool, projection_layers: int = 1, out_dim: int | None = None):
+        super().__init__()
+        out_dim = out_dim or in_dim
+        self.residual = residual
+        self.layers = nn.ModuleList(
+            _conv_stage(nn.Conv1d(in_dim if i == 0 else dim, dim, kernel_size, padding=kernel_size // 2,
+                                  groups=groups), dim)
+            for i in range(layers))
+        if projection_layers == 1:
+            self.proj = nn.Linear(dim, out_dim)
+        elif projection_layers == 2:
+            self.proj = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, out_dim))
+        else:
+            raise ValueError(f"projection_layers must be 1 or 2, got {projection_layers}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.transpose(1, 2)  # (N, D, T)
+        for layer in self.layers:
+            y = layer(x)
+            x = y + x if self.residual and y.shape[1] == x.shape[1] else y
+        return self.proj(x.transpose(1, 2))  # (N, T, out_dim)
+
+    def reset_projection(self) -> None:
+        """PyTorch's default init for the output projection (the reference does this for audio)."""
+        for m in self.proj.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+
 class Decoder2d(nn.Module):
     """Image decoder on the h x w patch grid: (B*M, T, D) -> (B*M, T, D)."""
 
@@ -34,11 +72,9 @@ class Decoder2d(nn.Module):
         self.residual = residual
         self.layers = nn.ModuleList()
         for i in range(layers):
-            self.layers.append(nn.Sequential(
+            self.layers.append(_conv_stage(
                 nn.Conv2d(in_dim if i == 0 else dim, dim, kernel_size, padding=kernel_size // 2, groups=groups),
-                _ChannelLayerNorm(dim),
-                nn.GELU(),
-            ))
+                dim))
         self.proj = nn.Linear(dim, in_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -54,9 +90,3 @@ class Decoder2d(nn.Module):
     def reset_projection(self) -> None:
         """The reference re-initialises the output projection with PyTorch's default (spec 3.5)."""
         self.proj.reset_parameters()
-
-
-def decoder_parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-

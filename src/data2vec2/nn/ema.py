@@ -20,9 +20,12 @@ def ema_decay(step: int, decay: float, end_decay: float, anneal_steps: int) -> f
     return end_decay - (end_decay - decay) * (1.0 - step / anneal_steps)
 
 
-def make_teacher(student_part: nn.Module) -> nn.Module:
-    """An fp32 copy of `student_part` that never receives gradients and always runs in eval mode."""
+def make_teacher(student_part: nn.Module, leave_out: tuple[str, ...] = ()) -> nn.Module:
+    """An fp32 copy of `student_part` that never receives gradients and always runs in eval mode.
+    The submodules named in `leave_out` are not copied (the teacher shares the student's)."""
     teacher = copy.deepcopy(student_part).float()
+    for name in leave_out:
+        setattr(teacher, name, None)
     teacher.requires_grad_(False)
     teacher.eval()
     return teacher
