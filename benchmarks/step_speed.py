@@ -2,6 +2,9 @@
 samples/s and MFU, for each precision asked for, measured in one run.
 
     python benchmarks/step_speed.py image-tiny --precision fp32 bf16 --steps 5 [key=value ...]
+    python benchmarks/step_speed.py image-base train.batch_size=8 --out docs/benchmarks/step_speed.jsonl
+
+Each result line carries the hardware and versions it was measured with.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,6 +57,16 @@ def time_steps(config, dtype, steps: int, device) -> dict:
             "achieved_gflops": flops / step_time / 1e9, "peak_gflops": peak / 1e9, "mfu": flops / step_time / peak}
 
 
+def hardware(device: torch.device) -> dict:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+        name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+        name += f", {torch.get_num_threads()} threads"
+    return {"device": name, "torch": torch.__version__, "python": platform.python_version()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("preset")
@@ -59,13 +74,20 @@ def main() -> None:
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", help="also append the result lines to this JSONL file")
     args, extra = p.parse_known_args()
     args.overrides += extra
     config = load_config(args.preset, args.overrides)
     device = torch.device(args.device)
     for name in args.precision:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
-        print(json.dumps({"preset": args.preset, "overrides": args.overrides, **time_steps(config, dtype, args.steps, device)}))
+        line = json.dumps({"preset": args.preset, "overrides": args.overrides,
+                           **time_steps(config, dtype, args.steps, device), **hardware(device)})
+        print(line, flush=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything data2vec2 needs on a fresh machine of this project's kind (Debian, CPU,
 # Python 3.11): the Fashion-MNIST Debian package, the pinned CPU build of PyTorch, and the package
-# itself in editable mode with its test extra. Safe to run again: every step is skipped when done.
+# itself in editable mode with its test extra. Safe to run again: the system steps are skipped when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +20,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     echo "[install] pip install torch==2.13.0 (CPU build)"
     "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
 fi
-if ! "$PY" -c "import data2vec2, pytest" 2>/dev/null; then
-    echo "[install] pip install -e .[dev]"
-    "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
-fi
+# Always (re)install this checkout, so that `data2vec2` and its console script point here and any
+# dependency added since the last install is present; torch is already satisfied, so nothing
+# pulls another build of it.
+echo "[install] pip install -e .[dev]"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"

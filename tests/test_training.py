@@ -145,3 +145,20 @@ def test_torchrun_two_processes_match_one(tmp_path, small_overrides):
     b = torch.load(tmp_path / "single/checkpoints/last.pt", weights_only=True)["student"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, small_overrides, monkeypatch):
+    from data2vec2.errors import TrainingError
+    from data2vec2.model import Data2Vec2
+
+    config = load_config("image-tiny", small_overrides + ["train.max_steps=6", "train.checkpoint_every=2"])
+    pretrain(config, tmp_path / "run", progress=False, max_steps=2)
+    before = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    regression = Data2Vec2.regression
+    monkeypatch.setattr(Data2Vec2, "regression", lambda self, p, t: regression(self, p, t) * float("nan"))
+    with pytest.raises(TrainingError, match="the loss is nan at update 3"):
+        pretrain(config, tmp_path / "run", progress=False)
+    after = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert after["step"] == 2
+    for k in before["student"]:
+        torch.testing.assert_close(before["student"][k], after["student"][k])

@@ -11,6 +11,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from .config import load_config
 from .data.fashion_mnist import prepare_fashion_mnist
 from .data.images import open_image_source
@@ -20,7 +22,7 @@ from .eval.knn import knn_accuracy
 from .eval.probe import linear_probe
 from .export import export_encoder
 from .train.logger import read_metrics
-from .train.loop import pretrain
+from .train.loop import pick_dtype, pretrain
 
 
 def plot_loss(metrics_file: Path, out_png: Path) -> None:
@@ -70,12 +72,14 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] | None = None, 
                                                 "std": list(config.data.std), "cache_dir": config.data.cache_dir}})
 
     train_spec, test_spec = "fashion-mnist:train", "fashion-mnist:test"
+    # Features in bf16 where the CPU is fast at it (as in training); the probe itself is fp32.
+    bf16 = pick_dtype(config.train.precision, torch.device("cpu")) == torch.bfloat16
     print("[demo] linear probe + kNN on the pre-trained encoder", flush=True)
-    pre = evaluate_encoder(encoder, config, train_spec, test_spec, progress=progress)
+    pre = evaluate_encoder(encoder, config, train_spec, test_spec, progress=progress, bf16=bf16)
     print(f"[demo]   pre-trained: probe {pre['probe_acc']:.4f}, kNN {pre['knn_acc']:.4f}", flush=True)
     print("[demo] the same on a randomly initialised encoder", flush=True)
     rnd = evaluate_encoder(random_encoder(config.model, seed=config.train.seed), config, train_spec, test_spec,
-                           progress=progress)
+                           progress=progress, bf16=bf16)
     print(f"[demo]   random init: probe {rnd['probe_acc']:.4f}, kNN {rnd['knn_acc']:.4f}", flush=True)
     print("[demo] the same on raw pixels", flush=True)
     px_train = pixel_features(open_image_source(train_spec, cache, 1))

@@ -47,9 +47,9 @@ class Attention(nn.Module):
             pad = pad.masked_fill(padding_mask[:, None, None, :], float("-inf"))
             mask = pad if mask is None else mask + pad
         dropout_p = self.attention_dropout if self.training else 0.0
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # The bf16 backward of CPU attention is ~20x slower than fp32 (docs/image.md): keep
-            # attention itself in fp32 on CPU; the linears around it still run in bf16.
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
+            # The bf16 backward of CPU attention is ~20x slower than fp32 (docs/image.md): when
+            # training on CPU keep attention itself in fp32; the linears around it still run in bf16.
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p)
         else:
