@@ -55,13 +55,17 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_eval(args, kind: str) -> None:
+    import torch
+
     from .eval.image_eval import evaluate_encoder, load_encoder_any
+    from .train.loop import pick_dtype
 
     encoder, config = load_encoder_any(args.model)
     if args.cache:
         config.data.cache_dir = args.cache
+    bf16 = pick_dtype(args.precision, torch.device("cpu")) == torch.bfloat16
     result = evaluate_encoder(encoder, config, args.train, args.test, pool=args.pool, knn=kind == "knn",
-                              probe=kind == "probe", bf16=args.bf16)
+                              probe=kind == "probe", bf16=bf16)
     print(json.dumps(result, indent=2))
 
 
@@ -134,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--test", default="fashion-mnist:test")
         p.add_argument("--pool", choices=["mean", "cls"], default="mean")
         p.add_argument("--cache", help="the data cache (default: the run's data.cache_dir)")
-        p.add_argument("--bf16", action="store_true", help="extract features under bf16 autocast")
+        p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                       help="feature extraction precision (auto: bf16 where the CPU is fast at it)")
         p.set_defaults(func=lambda a, k=kind: cmd_eval(a, k))
 
     p = sub.add_parser("export", help="write the encoder as model.safetensors + config.json")

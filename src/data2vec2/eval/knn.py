@@ -12,22 +12,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .probe import check_features
+
 __all__ = ["knn_predict", "knn_accuracy"]
-
-
-def _check(x: Tensor, y: Tensor, name: str) -> None:
-    if x.dim() != 2 or y.dim() != 1:
-        raise ValueError(f"{name}_x must be (N, F) and {name}_y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{name}_x and {name}_y have mismatched lengths: {x.shape[0]} vs {y.shape[0]}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} split is empty")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
-        raise ValueError(f"{name}_y must be an integer tensor, got {y.dtype}")
-    if int(y.min()) < 0:
-        raise ValueError(f"{name}_y contains negative labels")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}_x contains NaN or infinite values")
 
 
 @torch.no_grad()
@@ -39,7 +26,7 @@ def knn_predict(
 
     ``k`` is clamped to the number of training samples.
     """
-    _check(train_x, train_y, "train")
+    check_features(train_x, train_y, "train")
     if test_x.dim() != 2 or test_x.shape[1] != train_x.shape[1]:
         raise ValueError(f"test_x must be (M, {train_x.shape[1]}), got {tuple(test_x.shape)}")
     if not torch.isfinite(test_x).all():
@@ -65,6 +52,6 @@ def knn_accuracy(
     temperature: float = 0.07, batch_size: int = 1024,
 ) -> float:
     """Fraction of ``test_x`` whose weighted-kNN prediction equals ``test_y``."""
-    _check(test_x, test_y, "test")
+    check_features(test_x, test_y, "test")
     pred = knn_predict(train_x, train_y, test_x, k=k, temperature=temperature, batch_size=batch_size)
     return (pred.cpu() == test_y.cpu()).float().mean().item()

@@ -44,7 +44,8 @@ class ProbeResult:
     num_features: int
 
 
-def _check_inputs(x: Tensor, y: Tensor, name: str) -> None:
+def check_features(x: Tensor, y: Tensor, name: str) -> None:
+    """Features (N, F) finite, labels (N,) non-negative integers; errors name the split."""
     if x.dim() != 2:
         raise ValueError(f"{name}_x must be 2-D (N, F), got shape {tuple(x.shape)}")
     if y.dim() != 1:
@@ -192,8 +193,8 @@ def linear_probe(
         seed: seeds the validation split and mini-batch shuffling.
         progress: print validation accuracy per candidate.
     """
-    _check_inputs(train_x, train_y, "train")
-    _check_inputs(test_x, test_y, "test")
+    check_features(train_x, train_y, "train")
+    check_features(test_x, test_y, "test")
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(
             f"train_x and test_x have different feature sizes: {train_x.shape[1]} vs {test_x.shape[1]}"
