@@ -258,3 +258,32 @@ def test_loss_falls_on_real_speech(tmp_path):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result["steps"] == 40 and math.isfinite(losses[-1])
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def _clips(n: int, seconds: float = 0.6):
+    from data2vec2.data.audio import normalize
+    from data2vec2.eval.speech import LabelledClips
+
+    rng = np.random.default_rng(0)
+    waves, labels = [], []
+    for i in range(n):
+        t = np.arange(int(16000 * (seconds + 0.1 * (i % 3)))) / 16000
+        f = 200 if i % 2 == 0 else 900
+        waves.append(normalize(np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(len(t))))
+        labels.append("LOW" if i % 2 == 0 else "HIGH")
+    return LabelledClips(waves, labels)
+
+
+def test_ctc_finetune_and_kws_run_end_to_end():
+    from data2vec2.eval.ctc import CTCConfig, evaluate_ctc
+    from data2vec2.eval.kws import evaluate_kws
+
+    model, _ = small_model()
+    encoders = {"pretrained": model.encoder, "random": small_model()[0].encoder}
+    clips = _clips(8)
+    cfg = CTCConfig(steps=4, batch_size=4, freeze_steps=2, mask_channel_length=4)
+    result = evaluate_ctc(encoders, clips, {"test": clips}, cfg, progress=False)
+    for name in encoders:
+        assert 0.0 <= result[name]["test"]["cer"] and result[name]["test"]["num"] == 8
+    kws = evaluate_kws(encoders, _clips(40), _clips(10))
+    assert kws["classes"] == 2 and 0.0 <= kws["pretrained"]["accuracy"] <= 1.0
