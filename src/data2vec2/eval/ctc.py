@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..nn.blocks import Attention, Mlp
 from .speech import LabelledClips, pad_batch
 
 BLANK = 0
@@ -126,11 +127,15 @@ def finetune_ctc(encoder, train: LabelledClips, cfg: CTCConfig, progress: bool =
     enc = copy.deepcopy(encoder).float()
     enc.cfg = copy.deepcopy(enc.cfg)
     enc.cfg.layerdrop = cfg.layerdrop
-    for m in enc.modules():  # fine-tuning dropouts: activation dropout only
-        if m.__class__.__name__ == "Mlp":
-            m.dropout.p = cfg.activation_dropout
-        elif isinstance(m, nn.Dropout):
+    # fine-tuning dropouts (spec 7.2): activation dropout and layerdrop only, every other one 0
+    for m in enc.modules():
+        if isinstance(m, nn.Dropout):
             m.p = 0.0
+        if isinstance(m, Attention):
+            m.attention_dropout = 0.0
+    for m in enc.modules():
+        if isinstance(m, Mlp):
+            m.dropout.p = cfg.activation_dropout
     enc.cfg.prenet_dropout = 0.0
     enc.feature_extractor.requires_grad_(False)
     model = CTCModel(enc)
