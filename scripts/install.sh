@@ -15,6 +15,24 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     fi
 fi
 
+# Speech (docs/audio.md): real recordings (asterisk prompts in 6 voices, klettres clips), the
+# espeak-ng and flite synthesizers, and the KJV bible for the sentences they read.
+SPEECH_PKGS="espeak-ng flite bible-kjv bible-kjv-text klettres-data asterisk-prompt-it-menardi-wav"
+for lang in en es fr it ru; do SPEECH_PKGS="$SPEECH_PKGS asterisk-core-sounds-$lang asterisk-core-sounds-$lang-wav"; done
+missing=""
+for pkg in $SPEECH_PKGS; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[install] apt-get install$missing"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+        echo "[install] warning: speech packages missing:$missing (run apt-get install as root)" >&2
+    fi
+fi
+
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
     echo "[install] pip install torch==2.13.0 (CPU build)"

@@ -2,11 +2,14 @@
 
     data2vec2 demo [--out runs/demo]                       the main job: pre-train, probe, summary
     data2vec2 prepare fashion-mnist [--cache cache]        build the data cache from the Debian package
+    data2vec2 prepare speech [--hours 1] [--cache cache]   the offline speech corpus (docs/audio.md)
     data2vec2 presets                                      list the shipped presets
     data2vec2 pretrain image-tiny --run-dir runs/x [k=v ...]  pre-train (auto-resumes)
     torchrun --nproc_per_node=N -m data2vec2 pretrain ...  the same on N processes (DDP)
     data2vec2 probe RUN_OR_EXPORT [--pool mean|cls]        linear probe on frozen features
     data2vec2 knn RUN_OR_EXPORT                            k-nearest-neighbour accuracy
+    data2vec2 finetune-ctc RUN_OR_EXPORT [--steps N]       speech: CTC letters, pre-trained vs random init
+    data2vec2 kws RUN_OR_EXPORT                            speech: keyword spotting, pre-trained vs random init
     data2vec2 export RUN --out DIR                         encoder-only model.safetensors + config.json
     data2vec2 embed EXPORT_OR_RUN IMAGES --out feats.npy   features for a folder of images
 """
@@ -41,6 +44,13 @@ def cmd_prepare(args) -> None:
 
         out = prepare_fashion_mnist(Path(args.cache), progress=True)
         print(f"Fashion-MNIST ready in {out}")
+    elif args.dataset == "speech":
+        from .data.speech_corpus import prepare_speech
+
+        out = prepare_speech(Path(args.cache), hours=args.hours, kws_per_word=args.kws_per_word,
+                             workers=args.workers, seed=args.seed)
+        print((out / "corpus.json").read_text())
+        print(f"speech corpus ready in {out}")
 
 
 def cmd_pretrain(args) -> None:
@@ -97,6 +107,52 @@ def cmd_embed(args) -> None:
     print(f"wrote {tuple(feats.shape)} features to {args.out} (row order in {args.out}.paths.txt)")
 
 
+def _speech_encoders(args):
+    from .eval.image_eval import load_encoder_any, random_encoder
+
+    encoder, config = load_encoder_any(args.model)
+    if config.model.modality != "audio":
+        from .errors import ConfigError
+
+        raise ConfigError(f"{args.model} holds a {config.model.modality} encoder; this evaluation needs speech")
+    return {"pretrained": encoder, "random": random_encoder(config.model, seed=args.seed)}
+
+
+def _speech_file(args, name: str) -> str:
+    return str(Path(args.cache) / "speech" / name)
+
+
+def _write_result(args, result: dict) -> None:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+def cmd_finetune_ctc(args) -> None:
+    from .eval.ctc import CTCConfig, evaluate_ctc
+    from .eval.speech import load_clips
+
+    cfg = CTCConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, freeze_steps=args.freeze_steps,
+                    seed=args.seed)
+    train = load_clips(args.train or _speech_file(args, "ctc_train.tsv"), max_samples=cfg.max_samples)
+    tests = {Path(t).stem: load_clips(t) for t in (args.test or [_speech_file(args, "ctc_test.tsv"),
+                                                               _speech_file(args, "ctc_test_synth.tsv")])}
+    result = {"train_clips": len(train.waves), "config": cfg.__dict__}
+    result |= evaluate_ctc(_speech_encoders(args), train, tests, cfg, progress=not args.no_progress)
+    _write_result(args, result)
+
+
+def cmd_kws(args) -> None:
+    from .eval.kws import evaluate_kws
+    from .eval.speech import load_clips
+
+    train = load_clips(args.train or _speech_file(args, "kws_train.tsv"))
+    test = load_clips(args.test or _speech_file(args, "kws_test.tsv"))
+    _write_result(args, evaluate_kws(_speech_encoders(args), train, test, seed=args.seed))
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -119,8 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("prepare", help="prepare a data set into the cache")
-    p.add_argument("dataset", choices=["fashion-mnist"])
+    p.add_argument("dataset", choices=["fashion-mnist", "speech"])
     p.add_argument("--cache", default="cache")
+    p.add_argument("--hours", type=float, default=1.0, help="speech: hours of synthetic sentences")
+    p.add_argument("--kws-per-word", type=int, default=40, help="speech: train-voice clips per keyword")
+    p.add_argument("--workers", type=int, default=None, help="speech: synthesis processes (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("pretrain", help="pre-train (resumes automatically from the run folder)")
@@ -141,6 +201,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                        help="feature extraction precision (auto: bf16 where the CPU is fast at it)")
         p.set_defaults(func=lambda a, k=kind: cmd_eval(a, k))
+
+    p = sub.add_parser("finetune-ctc", help="speech: CTC fine-tuning on letters, pre-trained vs random init")
+    p.add_argument("model", help="an export folder, a run folder or a checkpoint file")
+    p.add_argument("--cache", default="cache", help="the prepared corpus (data2vec2 prepare speech)")
+    p.add_argument("--train", help="TSV manifest path<TAB>samples<TAB>transcript (default: the corpus's ctc_train.tsv)")
+    p.add_argument("--test", action="append", help="test manifest(s) (default: ctc_test.tsv and ctc_test_synth.tsv)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--freeze-steps", type=int, default=200, help="updates with the whole encoder frozen")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the JSON result here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune_ctc)
+
+    p = sub.add_parser("kws", help="speech: keyword spotting with a linear head, pre-trained vs random init")
+    p.add_argument("model", help="an export folder, a run folder or a checkpoint file")
+    p.add_argument("--cache", default="cache")
+    p.add_argument("--train", help="TSV manifest path<TAB>samples<TAB>word (default: kws_train.tsv)")
+    p.add_argument("--test", help="default: kws_test.tsv (held-out voices)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the JSON result here")
+    p.set_defaults(func=cmd_kws)
 
     p = sub.add_parser("export", help="write the encoder as model.safetensors + config.json")
     p.add_argument("run", help="a run folder or a checkpoint file")

@@ -30,6 +30,20 @@ class ImageConfig:
 
 
 @dataclass
+class AudioConfig:
+    """The speech local encoder (spec 3.3): the wav2vec 2.0 CNN, then LayerNorm + Linear to D;
+    a convolutional relative-position encoder; ALiBi attention bias."""
+
+    # (channels, kernel, stride) of each conv layer; the base CNN is 512 x [(10,5), (3,2) x4, (2,2) x2]
+    conv_layers: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+    conv_pos_width: int = 95  # total width; each of the conv_pos_depth layers has kernel width // depth
+    conv_pos_depth: int = 5
+    conv_pos_groups: int = 16
+    alibi: bool = True
+    alibi_scale_init: float = 1.0
+
+
+@dataclass
 class ModelConfig:
     """The encoder: local encoder -> context encoder (LayerNorm + prenet blocks) -> shared blocks."""
 
@@ -48,6 +62,7 @@ class ModelConfig:
     drop_path: float = 0.0
     layerdrop: float = 0.0
     image: ImageConfig = field(default_factory=ImageConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
 
 
 @dataclass
@@ -117,6 +132,9 @@ class DataConfig:
     on_bad_file: str = "skip"  # skip (count it in the log) | stop
     num_workers: int = 2
     limit: int = 0  # use only the first N training images (0: all)
+    # speech: samples at 16 kHz; shorter files are dropped (and counted), longer ones randomly cropped
+    min_samples: int = 32_000
+    max_samples: int = 320_000
 
 
 @dataclass
@@ -125,6 +143,7 @@ class GuardConfig:
 
     min_target_std: float = 0.0  # 0 disables
     min_pred_std: float = 0.0
+    min_local_std: float = 0.0  # the local encoder's output (a collapsed CNN: fairseq issue 5239)
     after_steps: int = 5000
 
 
@@ -161,7 +180,7 @@ class Config:
         """Range checks that types alone cannot express."""
         m, d, k = self.model, self.masking, self.targets
         checks = [
-            (m.modality in ("image",), "model.modality", "must be 'image'"),
+            (m.modality in ("image", "audio"), "model.modality", "must be 'image' or 'audio'"),
             (m.embed_dim % m.num_heads == 0, "model.embed_dim", "must be divisible by model.num_heads"),
             (1 <= k.top_k <= m.depth, "targets.top_k", f"must be in [1, model.depth={m.depth}]"),
             (k.layer_norm in ("instance", "layer", "none"), "targets.layer_norm", "must be instance, layer or none"),
@@ -170,7 +189,8 @@ class Config:
             (0.0 < d.mask_prob < 1.0, "masking.mask_prob", "must be in (0, 1)"),
             (d.num_masks >= 1, "masking.num_masks", "must be >= 1"),
             (d.mask_length >= 1, "masking.mask_length", "must be >= 1"),
-            (m.image.image_size % m.image.patch_size == 0, "model.image.image_size", "must be a multiple of patch_size"),
+            (m.modality != "image" or m.image.image_size % m.image.patch_size == 0, "model.image.image_size",
+             "must be a multiple of patch_size"),
             (self.decoder.dim % self.decoder.groups == 0 and m.embed_dim % self.decoder.groups == 0,
              "decoder.groups", "must divide decoder.dim and model.embed_dim"),
             (0.0 <= self.ema.decay <= 1.0 and 0.0 <= self.ema.end_decay <= 1.0, "ema.decay", "must be in [0, 1]"),
@@ -179,9 +199,15 @@ class Config:
             (self.train.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16"),
             (self.train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda"),
             (self.data.on_bad_file in ("skip", "stop"), "data.on_bad_file", "must be skip or stop"),
-            (len(self.data.mean) == self.data.channels == len(self.data.std), "data.mean",
+            (m.modality != "image" or len(self.data.mean) == self.data.channels == len(self.data.std), "data.mean",
              "data.mean and data.std need one value per channel"),
-            (self.data.channels == m.image.in_channels, "data.channels", "must equal model.image.in_channels"),
+            (m.modality != "image" or self.data.channels == m.image.in_channels, "data.channels",
+             "must equal model.image.in_channels"),
+            (m.modality != "audio" or len(m.audio.conv_layers) >= 1, "model.audio.conv_layers", "needs >= 1 layer"),
+            (m.modality != "audio" or m.embed_dim % m.audio.conv_pos_groups == 0, "model.audio.conv_pos_groups",
+             "must divide model.embed_dim"),
+            (0 < self.data.min_samples <= self.data.max_samples, "data.min_samples",
+             "must be in (0, data.max_samples]"),
             (self.optim.lr > 0, "optim.lr", "must be > 0"),
             (self.train.max_steps >= 1, "train.max_steps", "must be >= 1"),
         ]

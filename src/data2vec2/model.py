@@ -182,6 +182,10 @@ def build_model(config: Config) -> Data2Vec2:
         from .modalities.image import build_image_parts
 
         encoder, decoder = build_image_parts(config)
+    elif config.model.modality == "audio":
+        from .modalities.audio import build_audio_parts
+
+        encoder, decoder = build_audio_parts(config)
     else:  # pragma: no cover - validated earlier
         raise ValueError(f"unknown modality {config.model.modality!r}")
     return Data2Vec2(encoder, decoder, config)
@@ -192,4 +196,8 @@ def build_encoder(config: Config) -> Encoder:
         from .modalities.image import ImageEncoder
 
         return ImageEncoder(config.model)
+    if config.model.modality == "audio":
+        from .modalities.audio import AudioEncoder
+
+        return AudioEncoder(config.model)
     raise ValueError(f"unknown modality {config.model.modality!r}")  # pragma: no cover

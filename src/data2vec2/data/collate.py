@@ -56,9 +56,10 @@ class ResumableSampler(torch.utils.data.Sampler):
     [u*A*W*b, (u+1)*A*W*b) whatever W and A are, and a run resumed at update u starts there."""
 
     def __init__(self, num_samples: int, micro_batch: int, world_size: int, rank: int, accum: int,
-                 seed: int, shuffle: bool = True):
+                 seed: int, shuffle: bool = True, lengths: list[int] | None = None):
         self.n, self.b, self.world, self.rank, self.accum = num_samples, micro_batch, world_size, rank, accum
         self.seed, self.shuffle = seed, shuffle
+        self.lengths = None if lengths is None else torch.as_tensor(lengths, dtype=torch.float64)
         self.epoch, self.start_step = 0, 0
         if self.steps_per_epoch == 0:
             raise ValueError(f"{num_samples} samples are fewer than one global batch of {self.global_batch}")
@@ -77,10 +78,22 @@ class ResumableSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.accum * self.b
 
+    def _bucketed(self, perm: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Length bucketing (speech): sort the shuffled indices by length, cut the order into
+        global batches, shuffle the batches. Every micro-batch then holds similar lengths (the
+        collate crops to the shortest) and an update still covers one contiguous slice."""
+        order = perm[torch.argsort(self.lengths[perm], stable=True)]
+        G = self.global_batch
+        full = self.steps_per_epoch * G
+        batches = order[:full].view(self.steps_per_epoch, G)  # (steps, G), leftovers dropped
+        return torch.cat([batches[torch.randperm(len(batches), generator=g)].reshape(-1), order[full:]])
+
     def __iter__(self):
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             perm = torch.randperm(self.n, generator=g)
+            if self.lengths is not None:
+                perm = self._bucketed(perm, g)
         else:
             perm = torch.arange(self.n)
         for step in range(self.start_step, self.steps_per_epoch):

@@ -71,6 +71,7 @@ class PretrainSetup:
     collate: object  # has set_epoch(epoch) and __call__(samples) -> batch dict
     input_key: str  # the batch entry the model takes ("image", ...)
     step_flops: float  # model FLOPs of one update at the configured global batch
+    lengths: list[int] | None = None  # per-sample sizes: batches are then bucketed by length (speech)
 
 
 def build_pretraining(config: Config) -> PretrainSetup:
@@ -78,6 +79,10 @@ def build_pretraining(config: Config) -> PretrainSetup:
         from ..modalities.image_data import build_image_pretraining
 
         return build_image_pretraining(config)
+    if config.model.modality == "audio":
+        from ..modalities.audio_data import build_audio_pretraining
+
+        return build_audio_pretraining(config)
     raise ConfigError(f"model.modality: unknown modality {config.model.modality!r}")  # pragma: no cover
 
 
@@ -149,7 +154,8 @@ def pretrain(config: Config, run_dir: str | Path, *, resume: bool = True, progre
     from .. import data  # noqa: F401  (keeps the import graph simple for workers)
     from ..data.collate import ResumableSampler
 
-    sampler = ResumableSampler(len(setup.dataset), micro_batch, world, rank, tc.grad_accum, tc.seed)
+    sampler = ResumableSampler(len(setup.dataset), micro_batch, world, rank, tc.grad_accum, tc.seed,
+                               lengths=setup.lengths)
     steps_per_epoch = sampler.steps_per_epoch
     loader = torch.utils.data.DataLoader(
         setup.dataset, batch_size=micro_batch, sampler=sampler, collate_fn=setup.collate,
@@ -258,6 +264,9 @@ def _check_collapse(config: Config, step: int, metrics: dict) -> None:
     if g.min_pred_std > 0 and metrics.get("pred_std", 1.0) < g.min_pred_std:
         raise TrainingError(f"prediction std {metrics['pred_std']:.4f} < guards.min_pred_std={g.min_pred_std} "
                             f"at update {step}: the student has collapsed")
+    if g.min_local_std > 0 and metrics.get("local_std", 1.0) < g.min_local_std:
+        raise TrainingError(f"local-encoder std {metrics['local_std']:.4f} < guards.min_local_std={g.min_local_std} "
+                            f"at update {step}: the local encoder has collapsed")
 
 
 def _save(model: Data2Vec2, optimizer, scheduler, config: Config, step: int, run_dir: Path, keep: int, info) -> None:

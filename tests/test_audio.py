@@ -1,0 +1,289 @@
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data2vec2.config import load_config
+from data2vec2.data.audio import AudioMaskingCollate, PretrainAudioDataset, load_audio, open_audio_source
+from data2vec2.data.collate import ResumableSampler
+from data2vec2.encoder import MaskInfo
+from data2vec2.errors import DataError
+from data2vec2.eval.ctc import VOCAB, greedy_decode, span_mask, tri_stage
+from data2vec2.export import export_encoder, load_encoder
+from data2vec2.masking import block_mask_1d
+from data2vec2.modalities.audio import alibi_bias, alibi_slopes, gather_bias
+from data2vec2.model import build_model
+
+ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+
+# audio-tiny shrunk further for fast tests: same code paths
+SMALL = ["model.embed_dim=32", "model.num_heads=4", "model.depth=2", "targets.top_k=2",
+         "model.audio.conv_layers=[[16,10,5],[16,3,2],[16,3,2],[16,3,2],[16,3,2],[16,2,2],[16,2,2]]",
+         "model.audio.conv_pos_groups=4", "model.audio.conv_pos_depth=2", "decoder.dim=16", "decoder.groups=4",
+         "decoder.layers=2", "masking.num_masks=2", "train.precision=fp32", "data.num_workers=0",
+         "train.log_every=1", "optim.warmup_steps=2"]
+
+
+def small_model(extra=()):
+    torch.manual_seed(0)
+    config = load_config("audio-tiny", SMALL + list(extra))
+    return build_model(config), config
+
+
+def masks_for(model, config, B, num_samples, seed=0):
+    T = model.encoder.num_frames(num_samples)
+    m = config.masking
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(np.concatenate([block_mask_1d(m.num_masks, T, m.mask_prob, m.mask_length,
+                                                          m.mask_prob_adjust, rng) for _ in range(B)]))
+
+
+def test_cnn_output_length_formula():
+    model, _ = small_model()
+    enc = model.encoder
+    assert enc.num_frames(16000) == 49 and enc.num_frames(320000) == 999 and enc.num_frames(400) == 1
+    for n in (400, 1234, 16000, 16321):
+        assert enc.feature_extractor(torch.randn(1, n)).shape[-1] == enc.num_frames(n)
+
+
+def test_base_preset_size_and_masks():
+    model = build_model(load_config("audio-base"))
+    enc = sum(p.numel() for p in model.encoder.parameters())
+    dec = sum(p.numel() for p in model.student.decoder.parameters())
+    assert abs(enc / 1e6 - 93.2) < 0.05 and abs(dec / 1e6 - 0.62) < 0.01
+    masks = block_mask_1d(8, 999, 0.5, 5, 0.05, np.random.default_rng(0))
+    assert (masks.sum(1) == 499).all()
+
+
+def test_block_mask_1d_counts_and_spans():
+    rng = np.random.default_rng(1)
+    for T in (49, 150, 999):
+        masks = block_mask_1d(6, T, 0.5, 5, 0.05, rng)
+        assert masks.shape == (6, T) and (masks.sum(1) == int(T * 0.5)).all()
+    # spans: masked frames come in runs (blocks of 5, merged or trimmed), unlike random masking
+    masks = block_mask_1d(50, 999, 0.5, 5, 0.05, rng)
+    runs = []
+    for row in masks.astype(np.int8):
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], row, [0]])))
+        runs += list(edges[1::2] - edges[0::2])
+    assert np.mean(runs) > 4.0  # random masking at 50% gives runs of about 2
+    # with little overlap and no forcing needed the blocks are exactly the 5 frames around centres
+    sparse = block_mask_1d(1, 1000, 0.05, 5, 0.0, np.random.default_rng(3))[0]
+    assert sparse.sum() == 50
+
+
+def test_alibi_slopes_and_bias_closed_form():
+    s12 = alibi_slopes(12).tolist()
+    expected = [2.0 ** -k for k in range(1, 9)] + [2 ** -0.5, 2 ** -1.5, 2 ** -2.5, 2 ** -3.5]
+    assert s12 == pytest.approx(expected)
+    assert alibi_slopes(16).tolist() == pytest.approx([2 ** (-k / 2) for k in range(1, 17)])
+    slopes, scale = alibi_slopes(4), torch.tensor([1.0, 0.5, -2.0, 3.0])
+    bias = alibi_bias(slopes, scale, 7)
+    for h in range(4):
+        for i in range(7):
+            for j in range(7):
+                want = -slopes[h].item() * abs(i - j) * max(scale[h].item(), 0.0)
+                assert bias[h, i, j].item() == pytest.approx(want)
+
+
+def test_alibi_gathered_for_kept_frames_by_original_index():
+    bias = alibi_bias(alibi_slopes(4), torch.ones(4), 10)
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, [1, 2, 6, 7, 8]] = True
+    mask[1, [0, 3, 4, 5, 9]] = True
+    info = MaskInfo.from_mask(mask)
+    g = gather_bias(bias, info.ids_keep)  # (2, 4, 5, 5)
+    assert g.shape == (2, 4, 5, 5)
+    for n in range(2):
+        kept = info.ids_keep[n].tolist()
+        assert kept == sorted(kept)
+        for a in range(5):
+            for b in range(5):
+                assert torch.equal(g[n, :, a, b], bias[:, kept[a], kept[b]])
+
+
+def test_teacher_shares_the_cnn_and_projection():
+    model, _ = small_model()
+    assert model.teacher.feature_extractor is None and model.teacher.project_features is None
+    cnn = model.encoder.feature_extractor.convs[0].weight
+    assert sum(p is cnn for p in model.parameters()) == 1
+    # the teacher's input is the student's local features: changing the student CNN changes targets
+    wave = torch.randn(2, 8000)
+    before = model.targets(wave)
+    with torch.no_grad():
+        cnn.mul_(2.0)
+    assert not torch.allclose(before, model.targets(wave))
+    # the EMA teacher has its own copy of the pos-conv, ALiBi scales and blocks
+    assert model.teacher.alibi_scale is not model.encoder.alibi_scale
+    assert model.teacher.pos_conv.layers[0][0].weight is not model.encoder.pos_conv.layers[0][0].weight
+
+
+def test_targets_do_not_depend_on_the_student_mask():
+    model, config = small_model()
+    model.train()
+    wave = torch.randn(2, 8000)
+    lf = model.encoder.local_features(wave)
+    y1 = model.targets(wave, lf)
+    model(wave, masks_for(model, config, 2, 8000, seed=1))
+    y2 = model.targets(wave, lf)
+    torch.testing.assert_close(y1, y2)
+    assert y1.shape == (2, model.encoder.num_frames(8000), 32)
+    # per-layer instance norm and no final norm: each channel of each layer is normalised over time
+    # before averaging, so the average has zero mean over time per channel
+    torch.testing.assert_close(y1.mean(dim=1), torch.zeros(2, 32), atol=1e-5, rtol=0)
+
+
+def test_masked_frames_do_not_reach_the_student():
+    model, config = small_model()
+    model.eval()
+    lf = torch.randn(1, 24, 32)
+    mask = masks_for(model, config, 1, 8000)[:, :24]
+    mask = torch.from_numpy(block_mask_1d(2, 24, 0.5, 5, 0.05, np.random.default_rng(0)))
+    info = MaskInfo.from_mask(mask)
+    out1 = model.encoder.forward_masked(lf, info, 2).x
+    lf2 = lf.clone()
+    lf2[0, mask[0] & mask[1]] += 5.0  # change frames masked in both clones
+    out2 = model.encoder.forward_masked(lf2, info, 2).x
+    torch.testing.assert_close(out1, out2)
+
+
+def test_ctc_greedy_decoding_hand_made():
+    ids = {c: i for i, c in enumerate(VOCAB)}
+    frames = ["H", "H", "<blank>", "E", "L", "L", "<blank>", "L", "O", " ", " ", "<blank>", "A", "A"]
+    scores = torch.full((1, len(frames), len(VOCAB)), -10.0)
+    for t, c in enumerate(frames):
+        scores[0, t, ids[c]] = 0.0
+    assert greedy_decode(scores) == ["HELLO A"]
+    assert greedy_decode(scores, torch.tensor([9])) == ["HELLO"]
+
+
+def test_span_mask_and_tri_stage():
+    m = span_mask(4, 100, 0.5, 10, np.random.default_rng(0))
+    assert m.shape == (4, 100) and (m.sum(1) > 0).all()
+    assert tri_stage(0, 100) == pytest.approx(0.01) and tri_stage(30, 100) == 1.0
+    assert tri_stage(100, 100) == pytest.approx(0.05)
+
+
+def test_export_round_trip(tmp_path):
+    model, config = small_model()
+    enc = model.encoder.eval()
+    export_encoder(enc, config.model, tmp_path / "export")
+    loaded = load_encoder(tmp_path / "export")
+    wave = torch.randn(2, 8000)
+    torch.testing.assert_close(enc(wave).x, loaded(wave).x)
+
+
+def _write_wavs(folder: Path, n: int, seconds: float = 1.0, rate: int = 8000) -> None:
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    for i in range(n):
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.01 * rng.standard_normal(len(t))
+        sf.write(str(folder / f"clip{i}.wav"), wave.astype(np.float32), rate)
+
+
+def test_source_resamples_drops_short_and_reports_bad_files(tmp_path):
+    _write_wavs(tmp_path / "a", 3, seconds=1.0)
+    _write_wavs(tmp_path / "short", 1, seconds=0.1)
+    (tmp_path / "a" / "short.wav").write_bytes((tmp_path / "short" / "clip0.wav").read_bytes())
+    src = open_audio_source(str(tmp_path / "a"), min_samples=8000)
+    assert len(src) == 3 and src.dropped_short == 1 and src.lengths == [16000] * 3
+    assert len(load_audio(src.paths[0])) == 16000
+    (tmp_path / "a" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    src = open_audio_source(str(tmp_path / "a"), min_samples=8000)
+    assert src.dropped_bad == 1
+    with pytest.raises(DataError, match="broken.wav"):
+        open_audio_source(str(tmp_path / "a"), min_samples=8000, on_bad_file="stop")
+    with pytest.raises(DataError, match="broken.wav"):
+        load_audio(tmp_path / "a" / "broken.wav")
+    with pytest.raises(DataError, match="does not exist"):
+        open_audio_source(str(tmp_path / "nowhere"))
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"{tmp_path / 'a'}\nclip0.wav\t16000\nmissing.wav\t16000\n")
+    with pytest.raises(DataError, match="missing.wav does not exist"):
+        open_audio_source(str(manifest))
+
+
+def test_corrupt_file_in_a_worker_is_reported_with_its_path(tmp_path):
+    _write_wavs(tmp_path / "a", 2)
+    src = open_audio_source(str(tmp_path / "a"), min_samples=100)
+    (tmp_path / "a" / "clip1.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # corrupted after listing
+    _, config = small_model()
+    ds = PretrainAudioDataset(src, 48000, seed=0)
+    collate = AudioMaskingCollate(config.masking, lambda n: (n - 400) // 320 + 1, seed=0)
+    batch = collate([ds[0], ds[1]])
+    assert batch["wave"].shape[0] == 1 and "clip1.wav" in batch["errors"][0]
+
+
+def test_collate_crops_to_shortest_and_masks_after_the_crop():
+    _, config = small_model()
+    num_frames = lambda n: (n - 400) // 320 + 1  # noqa: E731
+    collate = AudioMaskingCollate(config.masking, num_frames, seed=0)
+    samples = [{"index": i, "wave": torch.randn(n)} for i, n in enumerate((16000, 20000, 17000))]
+    batch = collate(samples)
+    T = num_frames(16000)
+    assert batch["wave"].shape == (3, 16000) and batch["mask"].shape == (3 * config.masking.num_masks, T)
+    assert (batch["mask"].sum(1) == int(T * config.masking.mask_prob)).all()
+    again = collate(samples)
+    assert torch.equal(batch["wave"], again["wave"]) and torch.equal(batch["mask"], again["mask"])
+
+
+def test_bucketed_sampler_groups_similar_lengths():
+    lengths = list(np.random.default_rng(0).integers(1000, 100000, size=64))
+    sampler = ResumableSampler(64, micro_batch=8, world_size=1, rank=0, accum=1, seed=0, lengths=lengths)
+    order = list(sampler)
+    assert sorted(order) == list(range(64))
+    spread = [np.ptp([lengths[i] for i in order[k:k + 8]]) for k in range(0, 64, 8)]
+    assert max(spread) < np.ptp(lengths) / 3
+
+
+@pytest.mark.skipif(not ALLISON.is_dir(), reason="asterisk-core-sounds-en-wav is not installed (scripts/install.sh)")
+def test_loss_falls_on_real_speech(tmp_path):
+    from data2vec2.train.loop import pretrain
+
+    files = sorted(ALLISON.glob("*.wav"))[:48]
+    manifest = tmp_path / "real.tsv"
+    manifest.write_text("\n".join(str(f) for f in files) + "\n")
+    _, _ = small_model()
+    config = load_config("audio-tiny", SMALL + [f"data.train={manifest}", "train.batch_size=8", "optim.lr=2e-3",
+                                                "data.max_samples=24000", "train.max_steps=40", "ema.decay=0.99",
+                                                "ema.end_decay=0.999", "guards.after_steps=100000"])
+    result = pretrain(config, tmp_path / "run", progress=False)
+    import json
+
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result["steps"] == 40 and math.isfinite(losses[-1])
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def _clips(n: int, seconds: float = 0.6):
+    from data2vec2.data.audio import normalize
+    from data2vec2.eval.speech import LabelledClips
+
+    rng = np.random.default_rng(0)
+    waves, labels = [], []
+    for i in range(n):
+        t = np.arange(int(16000 * (seconds + 0.1 * (i % 3)))) / 16000
+        f = 200 if i % 2 == 0 else 900
+        waves.append(normalize(np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(len(t))))
+        labels.append("LOW" if i % 2 == 0 else "HIGH")
+    return LabelledClips(waves, labels)
+
+
+def test_ctc_finetune_and_kws_run_end_to_end():
+    from data2vec2.eval.ctc import CTCConfig, evaluate_ctc
+    from data2vec2.eval.kws import evaluate_kws
+
+    model, _ = small_model()
+    encoders = {"pretrained": model.encoder, "random": small_model()[0].encoder}
+    clips = _clips(8)
+    cfg = CTCConfig(steps=4, batch_size=4, freeze_steps=2, mask_channel_length=4)
+    result = evaluate_ctc(encoders, clips, {"test": clips}, cfg, progress=False)
+    for name in encoders:
+        assert 0.0 <= result[name]["test"]["cer"] and result[name]["test"]["num"] == 8
+    kws = evaluate_kws(encoders, _clips(40), _clips(10))
+    assert kws["classes"] == 2 and 0.0 <= kws["pretrained"]["accuracy"] <= 1.0
