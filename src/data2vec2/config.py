@@ -30,6 +30,15 @@ class ImageConfig:
 
 
 @dataclass
+class TextConfig:
+    """Byte-level BPE tokens (spec 3.4): <s>=0, <pad>=1, </s>=2, <unk>=3 (RoBERTa's layout)."""
+
+    vocab_size: int = 50_265
+    max_positions: int = 512  # tokens per sequence, <s> included; the table has 2 more rows
+    embed_dropout: float = 0.1  # after the embedding LayerNorm; the teacher sees it too (spec 2)
+
+
+@dataclass
 class ModelConfig:
     """The encoder: local encoder -> context encoder (LayerNorm + prenet blocks) -> shared blocks."""
 
@@ -48,6 +57,7 @@ class ModelConfig:
     drop_path: float = 0.0
     layerdrop: float = 0.0
     image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 @dataclass
@@ -57,6 +67,7 @@ class DecoderConfig:
     layers: int = 6
     groups: int = 16
     residual: bool = True
+    projection_layers: int = 1  # 1: Linear(dim -> D); 2: Linear(dim -> 2 dim) -> GELU -> Linear (text)
     input_dropout: float = 0.0
     mask_noise_std: float = 0.01  # mask tokens are fresh N(0, std^2) noise
 
@@ -117,6 +128,9 @@ class DataConfig:
     on_bad_file: str = "skip"  # skip (count it in the log) | stop
     num_workers: int = 2
     limit: int = 0  # use only the first N training images (0: all)
+    # text: a byte-level BPE tokenizer file (tokenizer.json); "" trains one on data.train into the cache
+    tokenizer: str = ""
+    documents: str = "paragraph"  # text: a document is a blank-line-separated paragraph | a whole file
 
 
 @dataclass
@@ -161,7 +175,7 @@ class Config:
         """Range checks that types alone cannot express."""
         m, d, k = self.model, self.masking, self.targets
         checks = [
-            (m.modality in ("image",), "model.modality", "must be 'image'"),
+            (m.modality in ("image", "text"), "model.modality", "must be 'image' or 'text'"),
             (m.embed_dim % m.num_heads == 0, "model.embed_dim", "must be divisible by model.num_heads"),
             (1 <= k.top_k <= m.depth, "targets.top_k", f"must be in [1, model.depth={m.depth}]"),
             (k.layer_norm in ("instance", "layer", "none"), "targets.layer_norm", "must be instance, layer or none"),
@@ -170,7 +184,8 @@ class Config:
             (0.0 < d.mask_prob < 1.0, "masking.mask_prob", "must be in (0, 1)"),
             (d.num_masks >= 1, "masking.num_masks", "must be >= 1"),
             (d.mask_length >= 1, "masking.mask_length", "must be >= 1"),
-            (m.image.image_size % m.image.patch_size == 0, "model.image.image_size", "must be a multiple of patch_size"),
+            (m.modality != "image" or m.image.image_size % m.image.patch_size == 0, "model.image.image_size",
+             "must be a multiple of patch_size"),
             (self.decoder.dim % self.decoder.groups == 0 and m.embed_dim % self.decoder.groups == 0,
              "decoder.groups", "must divide decoder.dim and model.embed_dim"),
             (0.0 <= self.ema.decay <= 1.0 and 0.0 <= self.ema.end_decay <= 1.0, "ema.decay", "must be in [0, 1]"),
@@ -179,9 +194,14 @@ class Config:
             (self.train.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16"),
             (self.train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda"),
             (self.data.on_bad_file in ("skip", "stop"), "data.on_bad_file", "must be skip or stop"),
-            (len(self.data.mean) == self.data.channels == len(self.data.std), "data.mean",
+            (m.modality != "image" or len(self.data.mean) == self.data.channels == len(self.data.std), "data.mean",
              "data.mean and data.std need one value per channel"),
-            (self.data.channels == m.image.in_channels, "data.channels", "must equal model.image.in_channels"),
+            (m.modality != "image" or self.data.channels == m.image.in_channels, "data.channels",
+             "must equal model.image.in_channels"),
+            (self.decoder.projection_layers in (1, 2), "decoder.projection_layers", "must be 1 or 2"),
+            (m.modality != "text" or m.prenet_depth == 0, "model.prenet_depth", "must be 0 for text (spec 3.4)"),
+            (m.modality != "text" or m.text.vocab_size > 4, "model.text.vocab_size", "must exceed the 4 special tokens"),
+            (self.data.documents in ("paragraph", "file"), "data.documents", "must be paragraph or file"),
             (self.optim.lr > 0, "optim.lr", "must be > 0"),
             (self.train.max_steps >= 1, "train.max_steps", "must be >= 1"),
         ]

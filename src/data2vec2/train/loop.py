@@ -78,6 +78,10 @@ def build_pretraining(config: Config) -> PretrainSetup:
         from ..modalities.image_data import build_image_pretraining
 
         return build_image_pretraining(config)
+    if config.model.modality == "text":
+        from ..modalities.text_data import build_text_pretraining
+
+        return build_text_pretraining(config)
     raise ConfigError(f"model.modality: unknown modality {config.model.modality!r}")  # pragma: no cover
 
 
