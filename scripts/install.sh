@@ -33,6 +33,21 @@ if [ -n "$missing" ]; then
     fi
 fi
 
+# The text corpus (docs/text.md): Debian documentation, a dictionary, the KJV Bible and fortunes.
+# python3.11-doc is not installed (that would upgrade the system Python): `data2vec2 prepare text`
+# extracts it with apt-get download + dpkg -x into the cache.
+if [ ! -f /usr/share/dictd/gcide.dict.dz ] || [ ! -d /usr/share/doc/linux-doc-6.1 ] || ! command -v bible >/dev/null \
+        || [ ! -f /usr/share/games/fortunes/fortunes ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[install] apt-get install linux-doc-6.1 dict-gcide bible-kjv bible-kjv-text fortunes fortunes-min"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-doc-6.1 dict-gcide bible-kjv bible-kjv-text \
+            fortunes fortunes-min >/dev/null
+    else
+        echo "[install] warning: the text corpus packages are missing; run as root: apt-get install linux-doc-6.1 dict-gcide bible-kjv bible-kjv-text fortunes fortunes-min" >&2
+    fi
+fi
+
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
     echo "[install] pip install torch==2.13.0 (CPU build)"

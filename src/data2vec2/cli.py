@@ -3,6 +3,9 @@
     data2vec2 demo [--out runs/demo]                       the main job: pre-train, probe, summary
     data2vec2 prepare fashion-mnist [--cache cache]        build the data cache from the Debian package
     data2vec2 prepare speech [--hours 1] [--cache cache]   the offline speech corpus (docs/audio.md)
+    data2vec2 prepare text [--cache cache]                 offline English corpus + Rotten Tomatoes
+    data2vec2 tokenizer FILES... --out tok.json            train a byte-level BPE (text)
+    data2vec2 finetune-text RUN_OR_EXPORT --task rotten-tomatoes   sentence classification, vs random init
     data2vec2 presets                                      list the shipped presets
     data2vec2 pretrain image-tiny --run-dir runs/x [k=v ...]  pre-train (auto-resumes)
     torchrun --nproc_per_node=N -m data2vec2 pretrain ...  the same on N processes (DDP)
@@ -51,6 +54,57 @@ def cmd_prepare(args) -> None:
                              workers=args.workers, seed=args.seed)
         print((out / "corpus.json").read_text())
         print(f"speech corpus ready in {out}")
+    elif args.dataset == "text":
+        from .data.text_corpus import prepare_text
+
+        counts = prepare_text(Path(args.cache), progress=True)
+        print(json.dumps(counts, indent=2))
+        print(f"text corpus ready in {Path(args.cache) / 'text'}")
+
+
+def cmd_tokenizer(args) -> None:
+    from .data.text import DocumentReport, find_text_files, iter_documents, train_tokenizer
+
+    files = find_text_files(",".join(args.files), Path(args.cache))
+    report = DocumentReport()
+    out = train_tokenizer(iter_documents(files, args.documents, args.on_bad_file, report), args.vocab_size, Path(args.out))
+    for line in report.bad or []:
+        print(f"skipped: {line}", file=sys.stderr)
+    print(f"trained a {args.vocab_size}-token byte-level BPE on {report.documents} documents from {report.files} "
+          f"file(s) -> {out} (use it with data.tokenizer={out})")
+
+
+def cmd_finetune_text(args) -> None:
+    from .eval.text_finetune import Recipe, finetune_compare
+    from .modalities.text_hf import is_text_hf_export, load_text_hf
+
+    if Path(args.model).is_dir() and is_text_hf_export(Path(args.model)):
+        encoder, config = load_text_hf(args.model)
+    else:
+        from .eval.image_eval import load_encoder_any
+
+        encoder, config = load_encoder_any(args.model)
+    if config.model.modality != "text":
+        raise Data2Vec2Error(f"{args.model} is a {config.model.modality} model, not a text model")
+    if args.task == "rotten-tomatoes":
+        folder = Path(args.cache or config.data.cache_dir) / "text" / "rotten_tomatoes"
+        train, dev, test = (str(folder / f"{s}.tsv") for s in ("train", "dev", "test"))
+        if not Path(train).exists():
+            raise Data2Vec2Error(f"{train} not found: run 'data2vec2 prepare text --cache {folder.parent.parent}'")
+    else:
+        if not (args.train and args.dev):
+            raise Data2Vec2Error("give --task rotten-tomatoes, or --train and --dev TSV files (GLUE format)")
+        train, dev, test = args.train, args.dev, args.test
+    recipe = Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
+                    seed=args.seed, threads=args.threads)
+    cols = tuple(args.text_columns.split(",")) if args.text_columns else None
+    result = finetune_compare(encoder.train(), config, train, dev, test, text_columns=cols,
+                              label_column=args.label_column, recipe=recipe, baseline=not args.no_baseline)
+    result["model"] = str(args.model)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
 
 
 def cmd_pretrain(args) -> None:
@@ -84,6 +138,13 @@ def cmd_export(args) -> None:
     from .export import export_encoder
 
     encoder, config = load_encoder_any(args.run)
+    if config.model.modality == "text":
+        from .modalities.text_hf import export_text_hf
+
+        out = export_text_hf(encoder, config.model, config.data.tokenizer, args.out)
+        print(f"exported the text encoder to {out} as a transformers RoBERTa model + tokenizer "
+              f"(AutoModel.from_pretrained('{out}'), AutoTokenizer.from_pretrained('{out}'))")
+        return
     d = config.data
     out = export_encoder(encoder, config.model, args.out,
                          extra={"data": {"channels": d.channels, "mean": list(d.mean), "std": list(d.std)}})
@@ -175,13 +236,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("prepare", help="prepare a data set into the cache")
-    p.add_argument("dataset", choices=["fashion-mnist", "speech"])
+    p.add_argument("dataset", choices=["fashion-mnist", "speech", "text"])
     p.add_argument("--cache", default="cache")
     p.add_argument("--hours", type=float, default=1.0, help="speech: hours of synthetic sentences")
     p.add_argument("--kws-per-word", type=int, default=40, help="speech: train-voice clips per keyword")
     p.add_argument("--workers", type=int, default=None, help="speech: synthesis processes (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on text files")
+    p.add_argument("files", nargs="+", help="text files, folders, globs, or 'english' (the prepared corpus)")
+    p.add_argument("--out", required=True, help="the tokenizer JSON file to write")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--documents", choices=["paragraph", "file"], default="paragraph")
+    p.add_argument("--on-bad-file", choices=["skip", "stop"], default="skip")
+    p.add_argument("--cache", default="cache")
+    p.set_defaults(func=cmd_tokenizer)
+
+    p = sub.add_parser("finetune-text", help="sentence(-pair) classification: pre-trained vs random init")
+    p.add_argument("model", help="a text run folder, checkpoint file or transformers export folder")
+    p.add_argument("--task", choices=["rotten-tomatoes", "tsv"], default="tsv")
+    p.add_argument("--train", help="GLUE-format TSV with a header row")
+    p.add_argument("--dev")
+    p.add_argument("--test")
+    p.add_argument("--text-columns", help="comma-separated, e.g. sentence1,sentence2 (default: GLUE names)")
+    p.add_argument("--label-column", help="default: label or gold_label")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised encoder")
+    p.add_argument("--cache", help="the data cache holding text/rotten_tomatoes (default: the run's)")
+    p.add_argument("--out", help="also write the JSON result here")
+    p.set_defaults(func=cmd_finetune_text)
 
     p = sub.add_parser("pretrain", help="pre-train (resumes automatically from the run folder)")
     p.add_argument("preset", help="a preset name (data2vec2 presets) or a YAML file")
@@ -226,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_kws)
 
     p = sub.add_parser("export", help="write the encoder as model.safetensors + config.json")
+    p = sub.add_parser("export", help="write the encoder as model.safetensors + config.json (text: a transformers model)")
     p.add_argument("run", help="a run folder or a checkpoint file")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)

@@ -41,6 +41,12 @@ class AudioConfig:
     conv_pos_groups: int = 16
     alibi: bool = True
     alibi_scale_init: float = 1.0
+class TextConfig:
+    """Byte-level BPE tokens (spec 3.4): <s>=0, <pad>=1, </s>=2, <unk>=3 (RoBERTa's layout)."""
+
+    vocab_size: int = 50_265
+    max_positions: int = 512  # tokens per sequence, <s> included; the table has 2 more rows
+    embed_dropout: float = 0.1  # after the embedding LayerNorm; the teacher sees it too (spec 2)
 
 
 @dataclass
@@ -63,6 +69,7 @@ class ModelConfig:
     layerdrop: float = 0.0
     image: ImageConfig = field(default_factory=ImageConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 @dataclass
@@ -72,6 +79,7 @@ class DecoderConfig:
     layers: int = 6
     groups: int = 16
     residual: bool = True
+    projection_layers: int = 1  # 1: Linear(dim -> D); 2: Linear(dim -> 2 dim) -> GELU -> Linear (text)
     input_dropout: float = 0.0
     mask_noise_std: float = 0.01  # mask tokens are fresh N(0, std^2) noise
 
@@ -135,6 +143,9 @@ class DataConfig:
     # speech: samples at 16 kHz; shorter files are dropped (and counted), longer ones randomly cropped
     min_samples: int = 32_000
     max_samples: int = 320_000
+    # text: a byte-level BPE tokenizer file (tokenizer.json); "" trains one on data.train into the cache
+    tokenizer: str = ""
+    documents: str = "paragraph"  # text: a document is a blank-line-separated paragraph | a whole file
 
 
 @dataclass
@@ -180,7 +191,7 @@ class Config:
         """Range checks that types alone cannot express."""
         m, d, k = self.model, self.masking, self.targets
         checks = [
-            (m.modality in ("image", "audio"), "model.modality", "must be 'image' or 'audio'"),
+            (m.modality in ("image", "audio", "text"), "model.modality", "must be image, audio or text"),
             (m.embed_dim % m.num_heads == 0, "model.embed_dim", "must be divisible by model.num_heads"),
             (1 <= k.top_k <= m.depth, "targets.top_k", f"must be in [1, model.depth={m.depth}]"),
             (k.layer_norm in ("instance", "layer", "none"), "targets.layer_norm", "must be instance, layer or none"),
@@ -208,6 +219,10 @@ class Config:
              "must divide model.embed_dim"),
             (0 < self.data.min_samples <= self.data.max_samples, "data.min_samples",
              "must be in (0, data.max_samples]"),
+            (self.decoder.projection_layers in (1, 2), "decoder.projection_layers", "must be 1 or 2"),
+            (m.modality != "text" or m.prenet_depth == 0, "model.prenet_depth", "must be 0 for text (spec 3.4)"),
+            (m.modality != "text" or m.text.vocab_size > 4, "model.text.vocab_size", "must exceed the 4 special tokens"),
+            (self.data.documents in ("paragraph", "file"), "data.documents", "must be paragraph or file"),
             (self.optim.lr > 0, "optim.lr", "must be > 0"),
             (self.train.max_steps >= 1, "train.max_steps", "must be >= 1"),
         ]

@@ -122,12 +122,16 @@ class Encoder(nn.Module):
         """Unmasked encoding of precomputed local features (the teacher's path)."""
         return self.contextualize(self.add_positions(local_features), padding_mask)
 
-    def forward_masked(self, local_features: Tensor, mask_info: MaskInfo, num_masks: int) -> EncoderOutput:
-        """The student's path: clone each sample M times (sample-major), drop masked tokens."""
+    def forward_masked(self, local_features: Tensor, mask_info: MaskInfo, num_masks: int,
+                       padding_mask: Tensor | None = None) -> EncoderOutput:
+        """The student's path: clone each sample M times (sample-major), drop masked tokens.
+        `padding_mask` (B, T), True = padding: kept padding stays masked out of attention."""
         x = self.add_positions(local_features)  # (B, T, D)
         x = x.repeat_interleave(num_masks, dim=0)  # (B*M, T, D): rows b*M .. b*M+M-1 are sample b
         x = gather_tokens(x, mask_info.ids_keep)  # (B*M, T_keep, D)
-        return self.contextualize(x)
+        if padding_mask is not None:
+            padding_mask = padding_mask.repeat_interleave(num_masks, dim=0).gather(1, mask_info.ids_keep)  # (B*M, T_keep)
+        return self.contextualize(x, padding_mask)
 
     def forward(self, inputs: Tensor) -> EncoderOutput:
         """Encode whole, unmasked inputs: (B, ...) -> x (B, extra + T, D)."""

@@ -51,6 +51,10 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> torch.
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{cfg_file} is not valid JSON: {e}") from None
+    if isinstance(meta.get("data2vec2"), dict):  # a text encoder exported as a transformers model
+        from .modalities.text_hf import load_text_hf
+
+        return load_text_hf(folder)[0].to(device)
     if meta.get("format") != FORMAT:
         raise DataError(f"{cfg_file} is not a data2vec2 encoder config")
     config = Config()

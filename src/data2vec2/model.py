@@ -25,9 +25,17 @@ from .encoder import Encoder, MaskInfo, gather_tokens
 from .nn.ema import ema_decay, ema_update, make_teacher
 
 
-def normalize(x: Tensor, kind: str) -> Tensor:
+def normalize(x: Tensor, kind: str, padding_mask: Tensor | None = None) -> Tensor:
     """x: (B, T, C) in fp32. "instance": per sample and channel over the T tokens (no affine,
-    eps 1e-5); "layer": per token over C (no affine, eps 1e-5); "none": unchanged."""
+    eps 1e-5); "layer": per token over C (no affine, eps 1e-5); "none": unchanged.
+    `padding_mask` (B, T), True = padding: instance statistics use only the other tokens (a
+    deliberate fix: the reference includes padding, spec 10 item 18)."""
+    if kind == "instance" and padding_mask is not None and bool(padding_mask.any()):
+        keep = (~padding_mask).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        count = keep.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+        mean = (x * keep).sum(dim=1, keepdim=True) / count
+        var = ((x - mean) ** 2 * keep).sum(dim=1, keepdim=True) / count  # biased, as instance_norm
+        return (x - mean) / torch.sqrt(var + 1e-5)
     if kind == "instance":
         return F.instance_norm(x.transpose(1, 2)).transpose(1, 2)
     if kind == "layer":
@@ -75,7 +83,7 @@ class Student(nn.Module):
         """inputs: (B, ...); mask: (B*M, T) bool, True = masked, the same count in every row."""
         info = MaskInfo.from_mask(mask)
         lf = self.encoder.local_features(inputs)  # (B, T, D)
-        out = self.encoder.forward_masked(lf, info, self.num_masks)
+        out = self.encoder.forward_masked(lf, info, self.num_masks, self.encoder.padding_mask(inputs))
         x = F.dropout(out.x, self.decoder_input_dropout, self.training)
         kept = x[:, self.encoder.num_extra_tokens:]  # (B*M, T_keep, D)
         N, T, D = mask.shape[0], mask.shape[1], kept.shape[-1]
@@ -123,16 +131,17 @@ class Data2Vec2(nn.Module):
         `local_features` (B, T, D): the student's, for a teacher that shares the local encoder
         (computed here when not given)."""
         t = self.config.targets
+        padding = self.encoder.padding_mask(inputs)  # (B, T) or None
         if self.encoder.ema_local_encoder:
             out = self.teacher(inputs)
         else:
             if local_features is None:
                 local_features = self.encoder.local_features(inputs)
-            out = self.teacher.forward_local(local_features.detach(), self.encoder.padding_mask(inputs))
+            out = self.teacher.forward_local(local_features.detach(), padding)
         extra = self.teacher.num_extra_tokens
-        layers = [normalize(f[:, extra:].float(), t.layer_norm) for f in out.ffn[-t.top_k:]]
+        layers = [normalize(f[:, extra:].float(), t.layer_norm, padding) for f in out.ffn[-t.top_k:]]
         y = torch.stack(layers).mean(dim=0)  # (B, T, D)
-        return normalize(y, t.final_norm)
+        return normalize(y, t.final_norm, padding)
 
     # -- loss -----------------------------------------------------------------------------
     def regression(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -186,6 +195,10 @@ def build_model(config: Config) -> Data2Vec2:
         from .modalities.audio import build_audio_parts
 
         encoder, decoder = build_audio_parts(config)
+    elif config.model.modality == "text":
+        from .modalities.text import build_text_parts
+
+        encoder, decoder = build_text_parts(config)
     else:  # pragma: no cover - validated earlier
         raise ValueError(f"unknown modality {config.model.modality!r}")
     return Data2Vec2(encoder, decoder, config)
@@ -200,4 +213,8 @@ def build_encoder(config: Config) -> Encoder:
         from .modalities.audio import AudioEncoder
 
         return AudioEncoder(config.model)
+    if config.model.modality == "text":
+        from .modalities.text import TextEncoder
+
+        return TextEncoder(config.model)
     raise ValueError(f"unknown modality {config.model.modality!r}")  # pragma: no cover

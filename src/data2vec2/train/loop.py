@@ -83,6 +83,10 @@ def build_pretraining(config: Config) -> PretrainSetup:
         from ..modalities.audio_data import build_audio_pretraining
 
         return build_audio_pretraining(config)
+    if config.model.modality == "text":
+        from ..modalities.text_data import build_text_pretraining
+
+        return build_text_pretraining(config)
     raise ConfigError(f"model.modality: unknown modality {config.model.modality!r}")  # pragma: no cover
 
 

@@ -1,0 +1,142 @@
+"""Export of the text encoder as a Hugging Face `transformers` RoBERTa model directory.
+
+RoBERTa's architecture is ours (spec 3.4): token + learned position embeddings (positions start at
+pad + 1 = 2) -> LayerNorm -> post-LN blocks with exact GELU. What the mapping does:
+
+    token_embed / pos_embed / embed_norm -> embeddings.{word,position}_embeddings / LayerNorm
+    (no token types)                     -> token_type_embeddings: one all-zero row
+    blocks[i].attn.qkv (3D, D), fused    -> attention.self.{query,key,value}: rows [0:D], [D:2D], [2D:3D]
+    blocks[i].attn.proj, norm1           -> attention.output.dense, attention.output.LayerNorm
+    blocks[i].mlp.fc1 / fc2, norm2       -> intermediate.dense / output.dense, output.LayerNorm
+
+The directory holds config.json (RobertaConfig, plus a "data2vec2" entry with our model config),
+model.safetensors, and the tokenizer (tokenizer.json + tokenizer_config.json), so that
+`AutoModel.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)` need no code of ours.
+The pooler is not exported (the pre-trained model has none): transformers initialises it and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import Config, ModelConfig, _update, config_to_dict
+from ..data.text import PAD
+from ..errors import DataError
+
+FORMAT = "data2vec2-text-hf"
+
+
+def hf_config(cfg: ModelConfig) -> dict:
+    return {
+        "architectures": ["RobertaModel"], "model_type": "roberta",
+        "vocab_size": cfg.text.vocab_size, "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads, "intermediate_size": int(cfg.embed_dim * cfg.mlp_ratio),
+        "hidden_act": "gelu", "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.attention_dropout,
+        "max_position_embeddings": cfg.text.max_positions + PAD + 1, "type_vocab_size": 1,
+        "layer_norm_eps": cfg.norm_eps, "initializer_range": 0.02, "pad_token_id": 1, "bos_token_id": 0,
+        "eos_token_id": 2, "position_embedding_type": "absolute", "torch_dtype": "float32",
+    }
+
+
+def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    D = cfg.embed_dim
+    out = {
+        "embeddings.word_embeddings.weight": state["token_embed.weight"],
+        "embeddings.position_embeddings.weight": state["pos_embed.weight"],
+        "embeddings.token_type_embeddings.weight": torch.zeros(1, D),
+        "embeddings.LayerNorm.weight": state["embed_norm.weight"],
+        "embeddings.LayerNorm.bias": state["embed_norm.bias"],
+    }
+    for i in range(cfg.depth):
+        src, dst = f"blocks.{i}.", f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = state[f"{src}attn.qkv.{kind}"].split(D, dim=0)  # (3D, ...) -> three (D, ...)
+            out[f"{dst}attention.self.query.{kind}"] = q
+            out[f"{dst}attention.self.key.{kind}"] = k
+            out[f"{dst}attention.self.value.{kind}"] = v
+            out[f"{dst}attention.output.dense.{kind}"] = state[f"{src}attn.proj.{kind}"]
+            out[f"{dst}attention.output.LayerNorm.{kind}"] = state[f"{src}norm1.{kind}"]
+            out[f"{dst}intermediate.dense.{kind}"] = state[f"{src}mlp.fc1.{kind}"]
+            out[f"{dst}output.dense.{kind}"] = state[f"{src}mlp.fc2.{kind}"]
+            out[f"{dst}output.LayerNorm.{kind}"] = state[f"{src}norm2.{kind}"]
+    return {k: v.detach().float().contiguous().cpu() for k, v in out.items()}
+
+
+def from_hf_state(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    out = {
+        "token_embed.weight": hf["embeddings.word_embeddings.weight"],
+        "pos_embed.weight": hf["embeddings.position_embeddings.weight"],
+        "embed_norm.weight": hf["embeddings.LayerNorm.weight"],
+        "embed_norm.bias": hf["embeddings.LayerNorm.bias"],
+    }
+    for i in range(cfg.depth):
+        src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.qkv.{kind}"] = torch.cat([hf[f"{src}attention.self.{n}.{kind}"] for n in ("query", "key", "value")])
+            out[f"{dst}attn.proj.{kind}"] = hf[f"{src}attention.output.dense.{kind}"]
+            out[f"{dst}norm1.{kind}"] = hf[f"{src}attention.output.LayerNorm.{kind}"]
+            out[f"{dst}mlp.fc1.{kind}"] = hf[f"{src}intermediate.dense.{kind}"]
+            out[f"{dst}mlp.fc2.{kind}"] = hf[f"{src}output.dense.{kind}"]
+            out[f"{dst}norm2.{kind}"] = hf[f"{src}output.LayerNorm.{kind}"]
+    return out
+
+
+def write_tokenizer(tokenizer_file: str | Path, out: Path, max_length: int) -> None:
+    """tokenizer.json (as trained) + tokenizer_config.json naming the generic fast tokenizer."""
+    tokenizer_file = Path(tokenizer_file)
+    if not tokenizer_file.exists():
+        raise DataError(f"tokenizer file {tokenizer_file} not found (config data.tokenizer): cannot export it")
+    shutil.copyfile(tokenizer_file, out / "tokenizer.json")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
+              "model_max_length": max_length, "padding_side": "right"}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps(
+        {k: config[k] for k in ("bos_token", "eos_token", "sep_token", "cls_token", "unk_token", "pad_token")}, indent=2))
+
+
+def export_text_hf(encoder: torch.nn.Module, cfg: ModelConfig, tokenizer_file: str | Path, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from .. import __version__
+
+    state = to_hf_state(encoder.state_dict(), cfg)
+    tmp = out / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / "model.safetensors")
+    meta = hf_config(cfg) | {"data2vec2": {"format": FORMAT, "version": __version__, "model": config_to_dict(cfg)}}
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    write_tokenizer(tokenizer_file, out, cfg.text.max_positions)
+    return out
+
+
+def is_text_hf_export(folder: Path) -> bool:
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(meta.get("data2vec2"), dict) and meta["data2vec2"].get("format") == FORMAT
+
+
+def load_text_hf(folder: str | Path) -> tuple[torch.nn.Module, Config]:
+    """Our TextEncoder (eval mode) and a Config whose data.tokenizer is the export's tokenizer."""
+    from .text import TextEncoder
+
+    folder = Path(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    config = Config()
+    _update(config.model, meta["data2vec2"]["model"], "model.")
+    config.data.tokenizer = str(folder / "tokenizer.json")
+    encoder = TextEncoder(config.model)
+    try:
+        hf = load_file(str(folder / "model.safetensors"))
+    except Exception as e:
+        raise DataError(f"cannot read {folder / 'model.safetensors'}: {e}") from None
+    encoder.load_state_dict(from_hf_state(hf, config.model))
+    return encoder.eval(), config
