@@ -41,6 +41,9 @@ class AudioConfig:
     conv_pos_groups: int = 16
     alibi: bool = True
     alibi_scale_init: float = 1.0
+
+
+@dataclass
 class TextConfig:
     """Byte-level BPE tokens (spec 3.4): <s>=0, <pad>=1, </s>=2, <unk>=3 (RoBERTa's layout)."""
 
