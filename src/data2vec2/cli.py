@@ -314,7 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON result here")
     p.set_defaults(func=cmd_kws)
 
-    p = sub.add_parser("export", help="write the encoder as model.safetensors + config.json")
     p = sub.add_parser("export", help="write the encoder as model.safetensors + config.json (text: a transformers model)")
     p.add_argument("run", help="a run folder or a checkpoint file")
     p.add_argument("--out", required=True)

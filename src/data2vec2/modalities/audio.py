@@ -154,9 +154,13 @@ class AudioEncoder(Encoder):
         bias = self.full_bias(x.shape[1])
         return self.contextualize(x, padding_mask, None if bias is None else bias.unsqueeze(0))
 
-    def forward_masked(self, local_features: Tensor, mask_info: MaskInfo, num_masks: int) -> EncoderOutput:
+    def forward_masked(self, local_features: Tensor, mask_info: MaskInfo, num_masks: int,
+                       padding_mask: Tensor | None = None) -> EncoderOutput:
         """The student: clone M times, zero the masked frames, run the pos-conv on the full length,
-        keep the unmasked frames plus their pos-conv output, ALiBi gathered for them."""
+        keep the unmasked frames plus their pos-conv output, ALiBi gathered for them. (Pre-training
+        batches are cropped to their shortest clip, so there is no padding here.)"""
+        if padding_mask is not None:
+            raise ValueError("speech pre-training batches are cropped, never padded")
         x = local_features.repeat_interleave(num_masks, dim=0)  # (B*M, T, D), sample-major
         T, K = x.shape[1], mask_info.ids_keep.shape[1]
         masked = mask_info.ids_restore >= K  # (B*M, T) True = masked
