@@ -27,6 +27,12 @@ from pathlib import Path
 from .errors import Data2Vec2Error
 
 
+def _add_comparison_options(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that compare a pre-trained encoder with a random one."""
+    p.add_argument("--seed", type=int, default=0, help="seeds both runs (and the random init)")
+    p.add_argument("--out", help="also write the JSON result here")
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=5e-4")
 
@@ -265,11 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised encoder")
     p.add_argument("--cache", help="the data cache holding text/rotten_tomatoes (default: the run's)")
-    p.add_argument("--out", help="also write the JSON result here")
+    _add_comparison_options(p)
     p.set_defaults(func=cmd_finetune_text)
 
     p = sub.add_parser("pretrain", help="pre-train (resumes automatically from the run folder)")
@@ -300,9 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--freeze-steps", type=int, default=200, help="updates with the whole encoder frozen")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="also write the JSON result here")
     p.add_argument("--no-progress", action="store_true")
+    _add_comparison_options(p)
     p.set_defaults(func=cmd_finetune_ctc)
 
     p = sub.add_parser("kws", help="speech: keyword spotting with a linear head, pre-trained vs random init")
@@ -310,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default="cache")
     p.add_argument("--train", help="TSV manifest path<TAB>samples<TAB>word (default: kws_train.tsv)")
     p.add_argument("--test", help="default: kws_test.tsv (held-out voices)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="also write the JSON result here")
+    _add_comparison_options(p)
     p.set_defaults(func=cmd_kws)
 
     p = sub.add_parser("export", help="write the encoder as model.safetensors + config.json (text: a transformers model)")
