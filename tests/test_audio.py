@@ -105,7 +105,7 @@ def test_alibi_gathered_for_kept_frames_by_original_index():
 
 
 def test_teacher_shares_the_cnn_and_projection():
-    model, _ = small_model()
+    model, _ = small_model(["model.audio.ema_local_encoder=false"])  # the reference's teacher
     assert model.teacher.feature_extractor is None and model.teacher.project_features is None
     cnn = model.encoder.feature_extractor.convs[0].weight
     assert sum(p is cnn for p in model.parameters()) == 1
@@ -118,6 +118,23 @@ def test_teacher_shares_the_cnn_and_projection():
     # the EMA teacher has its own copy of the pos-conv, ALiBi scales and blocks
     assert model.teacher.alibi_scale is not model.encoder.alibi_scale
     assert model.teacher.pos_conv.layers[0][0].weight is not model.encoder.pos_conv.layers[0][0].weight
+
+
+def test_teacher_with_its_own_ema_cnn():
+    """model.audio.ema_local_encoder=true (audio-tiny): the teacher keeps an EMA copy of the CNN and
+    the projection, so a change to the student's CNN reaches the targets only through the EMA."""
+    model, _ = small_model(["model.audio.ema_local_encoder=true"])
+    cnn, teacher_cnn = model.encoder.feature_extractor.convs[0].weight, model.teacher.feature_extractor.convs[0].weight
+    assert teacher_cnn is not cnn and torch.equal(teacher_cnn, cnn)
+    wave = torch.randn(2, 8000)
+    before = model.targets(wave)
+    with torch.no_grad():
+        cnn.add_(1.0)
+    torch.testing.assert_close(before, model.targets(wave))  # the student's CNN is not the teacher's input
+    old = teacher_cnn.clone()
+    tau = model.update_teacher(1)  # one EMA step moves the teacher's copy towards the student's
+    torch.testing.assert_close(teacher_cnn, tau * old + (1 - tau) * cnn)
+    assert not torch.allclose(before, model.targets(wave))
 
 
 def test_targets_do_not_depend_on_the_student_mask():
@@ -250,8 +267,8 @@ def test_loss_falls_on_real_speech(tmp_path):
     manifest.write_text("\n".join(str(f) for f in files) + "\n")
     _, _ = small_model()
     config = load_config("audio-tiny", SMALL + [f"data.train={manifest}", "train.batch_size=8", "optim.lr=2e-3",
-                                                "data.max_samples=24000", "train.max_steps=40", "ema.decay=0.99",
-                                                "ema.end_decay=0.999", "guards.after_steps=100000"])
+                                                "data.max_samples=24000", "train.max_steps=40",
+                                                "guards.after_steps=100000"])  # the preset's EMA
     result = pretrain(config, tmp_path / "run", progress=False)
     import json
 

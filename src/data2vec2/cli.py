@@ -105,7 +105,8 @@ def cmd_finetune_text(args) -> None:
                     seed=args.seed, threads=args.threads)
     cols = tuple(args.text_columns.split(",")) if args.text_columns else None
     result = finetune_compare(encoder.train(), config, train, dev, test, text_columns=cols,
-                              label_column=args.label_column, recipe=recipe, baseline=not args.no_baseline)
+                              label_column=args.label_column, recipe=recipe, baseline=not args.no_baseline,
+                              progress=not args.no_progress)
     result["model"] = str(args.model)
     text = json.dumps(result, indent=2)
     if args.out:
@@ -273,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised encoder")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--cache", help="the data cache holding text/rotten_tomatoes (default: the run's)")
     _add_comparison_options(p)
     p.set_defaults(func=cmd_finetune_text)

@@ -41,6 +41,9 @@ class AudioConfig:
     conv_pos_groups: int = 16
     alibi: bool = True
     alibi_scale_init: float = 1.0
+    # False (the reference): the teacher is fed the student's CNN + projection output. True: the
+    # teacher keeps its own EMA copy of them (audio-tiny: the shared CNN collapsed, docs/audio.md)
+    ema_local_encoder: bool = False
 
 
 @dataclass
@@ -157,7 +160,9 @@ class GuardConfig:
 
     min_target_std: float = 0.0  # 0 disables
     min_pred_std: float = 0.0
-    min_local_std: float = 0.0  # the local encoder's output (a collapsed CNN: fairseq issue 5239)
+    # the local encoder's output, each token LayerNorm-ed first, so a collapse towards one vector
+    # for every token is caught, not a mere shrink (fairseq issue 5239; healthy: about 0.4-1)
+    min_local_std: float = 0.0
     after_steps: int = 5000
 
 

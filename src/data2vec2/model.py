@@ -180,7 +180,9 @@ class Data2Vec2(nn.Module):
             reg_loss=reg.detach() / num_masked,
             target_std=channel_std(y),
             pred_std=channel_std(out.pred[mask]),
-            local_std=channel_std(out.local_features),
+            # scale-free: the block after the local encoder normalises its input, so only a loss of
+            # variation across tokens is a collapse, not features that merely shrink (spec 10.13)
+            local_std=channel_std(F.layer_norm(out.local_features.detach().float(), out.local_features.shape[-1:])),
             masked_fraction=num_masked.detach().float() / mask.numel(),
         )
         return {"loss_sum": loss_sum, "num_masked": num_masked, **metrics}

@@ -112,12 +112,13 @@ def gather_bias(bias: Tensor, ids_keep: Tensor) -> Tensor:
 
 
 class AudioEncoder(Encoder):
-    ema_local_encoder = False  # the teacher shares the CNN and the projection (spec 2)
     local_encoder_modules = ("feature_extractor", "project_features")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         ac, D = cfg.audio, cfg.embed_dim
+        # spec 2: the teacher shares the CNN and the projection, unless the config gives it its own
+        self.ema_local_encoder = ac.ema_local_encoder
         self.feature_extractor = FeatureExtractor(ac.conv_layers)
         C = self.feature_extractor.out_channels
         self.project_features = nn.Sequential(nn.LayerNorm(C, eps=cfg.norm_eps), nn.Linear(C, D))
