@@ -71,9 +71,10 @@ def init_bert(module: nn.Module) -> None:
 
 class Encoder(nn.Module):
     num_extra_tokens = 0
-    # The EMA teacher copies the whole encoder for images (its own patch embedding). Speech and
-    # text set `ema_local_encoder = False`: the teacher then has no local encoder (the submodules
-    # named in `local_encoder_modules`) and encodes the student's local features, detached.
+    # The EMA teacher copies the whole encoder for images (its own patch embedding). Text, and
+    # speech unless `model.audio.ema_local_encoder`, set `ema_local_encoder = False`: the teacher
+    # then has no local encoder (the submodules named in `local_encoder_modules`) and encodes the
+    # student's local features, detached.
     ema_local_encoder = True
     local_encoder_modules: tuple[str, ...] = ()
 

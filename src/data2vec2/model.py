@@ -99,7 +99,8 @@ class Data2Vec2(nn.Module):
         self.config = config
         self.student = Student(encoder, decoder, config)
         # Images: the teacher is a full EMA copy of the encoder, patch embedding and CLS included.
-        # Speech and text: a copy without the local encoder, fed the student's local features.
+        # Text and (by default) speech: a copy without the local encoder, fed the student's local
+        # features.
         self.teacher = make_teacher(encoder, () if encoder.ema_local_encoder else encoder.local_encoder_modules)
         D = config.model.embed_dim
         self.loss_scale = config.loss.scale if config.loss.scale is not None else 1.0 / math.sqrt(D)
