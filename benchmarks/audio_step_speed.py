@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from data2vec2.config import load_config
+from data2vec2 import load_config
 from data2vec2.masking import block_mask_1d
-from data2vec2.model import build_model
+from data2vec2 import build_model
 from data2vec2.train.flops import audio_step_flops, measure_matmul_flops
 from data2vec2.train.optim import build_optimizer
 

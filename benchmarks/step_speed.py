@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data2vec2.config import load_config
+from data2vec2 import load_config
 from data2vec2.masking import make_masks, num_masked
-from data2vec2.model import build_model
+from data2vec2 import build_model
 from data2vec2.train.flops import image_step_flops, measure_matmul_flops
 from data2vec2.train.optim import build_optimizer
 

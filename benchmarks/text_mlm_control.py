@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data2vec2.config import load_config
-from data2vec2.data.text import BOS, TokenBlocks, UNK
-from data2vec2.eval.text_finetune import Recipe, finetune_compare
-from data2vec2.modalities.text import TextEncoder
-from data2vec2.modalities.text_data import prepare_token_cache
-from data2vec2.train.loop import pick_dtype
+from data2vec2 import load_config
+from data2vec2.modalities.text.data import BOS, TokenBlocks, UNK
+from data2vec2.modalities.text.finetune import Recipe, finetune_compare
+from data2vec2.modalities.text.encoder import TextEncoder
+from data2vec2.modalities.text.data import prepare_token_cache
+from data2vec2.train.setup import pick_dtype
 
 
 class MlmHead(nn.Module):

@@ -18,7 +18,7 @@ def cache_dir(tmp_path_factory) -> Path:
     """Fashion-MNIST prepared once into a temporary cache (skips if the Debian package is absent)."""
     if not FASHION.exists():
         pytest.skip("dataset-fashion-mnist is not installed (scripts/install.sh installs it)")
-    from data2vec2.data.fashion_mnist import prepare_fashion_mnist
+    from data2vec2.modalities.image.fashion_mnist import prepare_fashion_mnist
 
     cache = tmp_path_factory.mktemp("cache")
     prepare_fashion_mnist(cache, progress=False)

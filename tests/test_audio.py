@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from data2vec2.config import load_config
-from data2vec2.data.audio import AudioMaskingCollate, PretrainAudioDataset, load_audio, open_audio_source
+from data2vec2 import load_config
+from data2vec2.modalities.audio.data import AudioMaskingCollate, PretrainAudioDataset, load_audio, open_audio_source
 from data2vec2.data.collate import ResumableSampler
 from data2vec2.encoder import MaskInfo
 from data2vec2.errors import DataError
-from data2vec2.eval.ctc import VOCAB, greedy_decode, span_mask, tri_stage
-from data2vec2.export import export_encoder, load_encoder
+from data2vec2.modalities.audio.ctc import VOCAB, greedy_decode, span_mask, tri_stage
+from data2vec2 import load_encoder
+from data2vec2.modalities import MODALITIES
 from data2vec2.masking import block_mask_1d
-from data2vec2.modalities.audio import alibi_bias, alibi_slopes, gather_bias
-from data2vec2.model import build_model
+from data2vec2.modalities.audio.encoder import alibi_bias, alibi_slopes, gather_bias
+from data2vec2 import build_model
 
 ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 
@@ -33,7 +34,7 @@ def small_model(extra=()):
 
 
 def masks_for(model, config, B, num_samples, seed=0):
-    T = model.encoder.num_frames(num_samples)
+    T = model.encoder.local_encoder.num_frames(num_samples)
     m = config.masking
     rng = np.random.default_rng(seed)
     return torch.from_numpy(np.concatenate([block_mask_1d(m.num_masks, T, m.mask_prob, m.mask_length,
@@ -43,9 +44,9 @@ def masks_for(model, config, B, num_samples, seed=0):
 def test_cnn_output_length_formula():
     model, _ = small_model()
     enc = model.encoder
-    assert enc.num_frames(16000) == 49 and enc.num_frames(320000) == 999 and enc.num_frames(400) == 1
+    assert enc.local_encoder.num_frames(16000) == 49 and enc.local_encoder.num_frames(320000) == 999 and enc.local_encoder.num_frames(400) == 1
     for n in (400, 1234, 16000, 16321):
-        assert enc.feature_extractor(torch.randn(1, n)).shape[-1] == enc.num_frames(n)
+        assert enc.local_encoder.feature_extractor(torch.randn(1, n)).shape[-1] == enc.local_encoder.num_frames(n)
 
 
 def test_base_preset_size_and_masks():
@@ -106,35 +107,35 @@ def test_alibi_gathered_for_kept_frames_by_original_index():
 
 def test_teacher_shares_the_cnn_and_projection():
     model, _ = small_model(["model.audio.ema_local_encoder=false"])  # the reference's teacher
-    assert model.teacher.feature_extractor is None and model.teacher.project_features is None
-    cnn = model.encoder.feature_extractor.convs[0].weight
+    assert model.teacher.local_encoder.feature_extractor is None and model.teacher.local_encoder.project_features is None
+    cnn = model.encoder.local_encoder.feature_extractor.convs[0].weight
     assert sum(p is cnn for p in model.parameters()) == 1
     # the teacher's input is the student's local features: changing the student CNN changes targets
     wave = torch.randn(2, 8000)
-    before = model.targets(wave)
+    before = model.forward_targets(wave)
     with torch.no_grad():
         cnn.mul_(2.0)
-    assert not torch.allclose(before, model.targets(wave))
+    assert not torch.allclose(before, model.forward_targets(wave))
     # the EMA teacher has its own copy of the pos-conv, ALiBi scales and blocks
-    assert model.teacher.alibi_scale is not model.encoder.alibi_scale
-    assert model.teacher.pos_conv.layers[0][0].weight is not model.encoder.pos_conv.layers[0][0].weight
+    assert model.teacher.local_encoder.alibi_scale is not model.encoder.local_encoder.alibi_scale
+    assert model.teacher.local_encoder.pos_conv.layers[0][0].weight is not model.encoder.local_encoder.pos_conv.layers[0][0].weight
 
 
 def test_teacher_with_its_own_ema_cnn():
     """model.audio.ema_local_encoder=true (audio-tiny): the teacher keeps an EMA copy of the CNN and
     the projection, so a change to the student's CNN reaches the targets only through the EMA."""
     model, _ = small_model(["model.audio.ema_local_encoder=true"])
-    cnn, teacher_cnn = model.encoder.feature_extractor.convs[0].weight, model.teacher.feature_extractor.convs[0].weight
+    cnn, teacher_cnn = model.encoder.local_encoder.feature_extractor.convs[0].weight, model.teacher.local_encoder.feature_extractor.convs[0].weight
     assert teacher_cnn is not cnn and torch.equal(teacher_cnn, cnn)
     wave = torch.randn(2, 8000)
-    before = model.targets(wave)
+    before = model.forward_targets(wave)
     with torch.no_grad():
         cnn.add_(1.0)
-    torch.testing.assert_close(before, model.targets(wave))  # the student's CNN is not the teacher's input
+    torch.testing.assert_close(before, model.forward_targets(wave))  # the student's CNN is not the teacher's input
     old = teacher_cnn.clone()
     tau = model.update_teacher(1)  # one EMA step moves the teacher's copy towards the student's
     torch.testing.assert_close(teacher_cnn, tau * old + (1 - tau) * cnn)
-    assert not torch.allclose(before, model.targets(wave))
+    assert not torch.allclose(before, model.forward_targets(wave))
 
 
 def test_targets_do_not_depend_on_the_student_mask():
@@ -142,11 +143,11 @@ def test_targets_do_not_depend_on_the_student_mask():
     model.train()
     wave = torch.randn(2, 8000)
     lf = model.encoder.local_features(wave)
-    y1 = model.targets(wave, lf)
-    model(wave, masks_for(model, config, 2, 8000, seed=1))
-    y2 = model.targets(wave, lf)
+    y1 = model.forward_targets(wave, lf)
+    model(wave, masks_for(model, config, 2, 8000, seed=1), torch.arange(2))
+    y2 = model.forward_targets(wave, lf)
     torch.testing.assert_close(y1, y2)
-    assert y1.shape == (2, model.encoder.num_frames(8000), 32)
+    assert y1.shape == (2, model.encoder.local_encoder.num_frames(8000), 32)
     # per-layer instance norm and no final norm: each channel of each layer is normalised over time
     # before averaging, so the average has zero mean over time per channel
     torch.testing.assert_close(y1.mean(dim=1), torch.zeros(2, 32), atol=1e-5, rtol=0)
@@ -186,7 +187,7 @@ def test_span_mask_and_tri_stage():
 def test_export_round_trip(tmp_path):
     model, config = small_model()
     enc = model.encoder.eval()
-    export_encoder(enc, config.model, tmp_path / "export")
+    MODALITIES["audio"].export(enc, config, tmp_path / "export")
     loaded = load_encoder(tmp_path / "export")
     wave = torch.randn(2, 8000)
     torch.testing.assert_close(enc(wave).x, loaded(wave).x)
@@ -233,20 +234,20 @@ def test_corrupt_file_in_a_worker_is_reported_with_its_path(tmp_path):
     ds = PretrainAudioDataset(src, 48000, seed=0)
     collate = AudioMaskingCollate(config.masking, lambda n: (n - 400) // 320 + 1, seed=0)
     batch = collate([ds[0], ds[1]])
-    assert batch["wave"].shape[0] == 1 and "clip1.wav" in batch["errors"][0]
+    assert batch["inputs"].shape[0] == 1 and "clip1.wav" in batch["errors"][0]
 
 
 def test_collate_crops_to_shortest_and_masks_after_the_crop():
     _, config = small_model()
     num_frames = lambda n: (n - 400) // 320 + 1  # noqa: E731
     collate = AudioMaskingCollate(config.masking, num_frames, seed=0)
-    samples = [{"index": i, "wave": torch.randn(n)} for i, n in enumerate((16000, 20000, 17000))]
+    samples = [{"index": i, "inputs": torch.randn(n)} for i, n in enumerate((16000, 20000, 17000))]
     batch = collate(samples)
     T = num_frames(16000)
-    assert batch["wave"].shape == (3, 16000) and batch["mask"].shape == (3 * config.masking.num_masks, T)
+    assert batch["inputs"].shape == (3, 16000) and batch["mask"].shape == (3 * config.masking.num_masks, T)
     assert (batch["mask"].sum(1) == int(T * config.masking.mask_prob)).all()
     again = collate(samples)
-    assert torch.equal(batch["wave"], again["wave"]) and torch.equal(batch["mask"], again["mask"])
+    assert torch.equal(batch["inputs"], again["inputs"]) and torch.equal(batch["mask"], again["mask"])
 
 
 def test_bucketed_sampler_groups_similar_lengths():
@@ -260,7 +261,7 @@ def test_bucketed_sampler_groups_similar_lengths():
 
 @pytest.mark.skipif(not ALLISON.is_dir(), reason="asterisk-core-sounds-en-wav is not installed (scripts/install.sh)")
 def test_loss_falls_on_real_speech(tmp_path):
-    from data2vec2.train.loop import pretrain
+    from data2vec2 import pretrain
 
     files = sorted(ALLISON.glob("*.wav"))[:48]
     manifest = tmp_path / "real.tsv"
@@ -278,8 +279,8 @@ def test_loss_falls_on_real_speech(tmp_path):
 
 
 def _clips(n: int, seconds: float = 0.6):
-    from data2vec2.data.audio import normalize
-    from data2vec2.eval.speech import LabelledClips
+    from data2vec2.modalities.audio.data import normalize
+    from data2vec2.modalities.audio.evaluate import LabelledClips
 
     rng = np.random.default_rng(0)
     waves, labels = [], []
@@ -292,8 +293,8 @@ def _clips(n: int, seconds: float = 0.6):
 
 
 def test_ctc_finetune_and_kws_run_end_to_end():
-    from data2vec2.eval.ctc import CTCConfig, evaluate_ctc
-    from data2vec2.eval.kws import evaluate_kws
+    from data2vec2.modalities.audio.ctc import CTCConfig, evaluate_ctc
+    from data2vec2.modalities.audio.kws import evaluate_kws
 
     model, _ = small_model()
     encoders = {"pretrained": model.encoder, "random": small_model()[0].encoder}

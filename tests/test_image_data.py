@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data2vec2.data import fashion_mnist as fm
-from data2vec2.data.images import (
+from data2vec2.modalities.image import fashion_mnist as fm
+from data2vec2.modalities.image.data import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     IMAGE_EXTENSIONS,
@@ -335,16 +335,16 @@ def test_pretrain_dataset_reproducible_and_reports_bad_images(image_folder):
     assert len(ds) == 6
     bad = [i for i in range(len(ds)) if source.path(i).endswith("bad.png")][0]
     entry = ds[bad]
-    assert entry["index"] == bad and "image" not in entry
+    assert entry["index"] == bad and "inputs" not in entry
     assert entry["error"].startswith(f"cannot read image {source.path(bad)}: ")
 
     first = ds[0]
-    assert first["index"] == 0 and first["image"].shape == (3, 8, 8)
-    assert torch.equal(first["image"], ds[0]["image"])  # same seed, epoch, index
+    assert first["index"] == 0 and first["inputs"].shape == (3, 8, 8)
+    assert torch.equal(first["inputs"], ds[0]["inputs"])  # same seed, epoch, index
     other = PretrainImageDataset(source, ds.transform, seed=3)
-    assert torch.equal(other[0]["image"], first["image"])  # independent of the dataset object
+    assert torch.equal(other[0]["inputs"], first["inputs"])  # independent of the dataset object
     ds.set_epoch(1)
-    assert not torch.equal(ds[0]["image"], first["image"])
+    assert not torch.equal(ds[0]["inputs"], first["inputs"])
 
 
 def test_eval_dataset(image_folder):

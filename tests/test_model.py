@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data2vec2.config import load_config
+from data2vec2 import load_config
 from data2vec2.masking import make_masks
-from data2vec2.model import build_model
-from data2vec2.modalities.image import sincos_positions_2d
+from data2vec2 import build_model
+from data2vec2.modalities.image.encoder import sincos_positions_2d
 from data2vec2.nn.ema import ema_decay, ema_update
 
 from conftest import SMALL
@@ -70,7 +70,7 @@ def test_teacher_runs_once_per_sample_in_eval_mode():
     model.train()
     assert not model.teacher.training and model.student.training
     seen = []
-    model.teacher.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    model.teacher.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
     images, mask, seeds = batch(config)
     model(images, mask, seeds)
     assert seen == [images.shape[0]]  # B samples, not B*M clones
@@ -80,13 +80,13 @@ def test_targets_do_not_depend_on_student_masks_and_repeat_sample_major():
     model, config = small_model()
     images, mask_a, seeds = batch(config, seed=0)
     _, mask_b, _ = batch(config, seed=1)
-    y = model.targets(images)
+    y = model.forward_targets(images)
     captured = []
-    orig = model.regression
-    model.regression = lambda pred, target: captured.append(target) or orig(pred, target)
+    orig = model.elementwise_loss
+    model.elementwise_loss = lambda pred, target: captured.append(target) or orig(pred, target)
     model(images, mask_a, seeds)
     model(images, mask_b, seeds)
-    model.regression = orig
+    model.elementwise_loss = orig
     M = config.masking.num_masks
     y_rep = y.repeat_interleave(M, 0)
     torch.testing.assert_close(captured[0], y_rep[mask_a])
@@ -95,7 +95,7 @@ def test_targets_do_not_depend_on_student_masks_and_repeat_sample_major():
     for b in range(images.shape[0]):
         for j in range(M):
             assert torch.equal(y_rep[b * M + j], y[b])
-    torch.testing.assert_close(model.targets(images), y)  # the student's masks never reach the teacher
+    torch.testing.assert_close(model.forward_targets(images), y)  # the student's masks never reach the teacher
 
 
 def test_targets_are_normalised_ffn_outputs_of_top_k_shared_blocks():
@@ -117,7 +117,7 @@ def test_targets_are_normalised_ffn_outputs_of_top_k_shared_blocks():
         layers.append((f - mu) / torch.sqrt(var + 1e-5))  # instance norm over tokens
     y = sum(layers) / K
     y = (y - y.mean(-1, keepdim=True)) / torch.sqrt(y.var(-1, unbiased=False, keepdim=True) + 1e-5)
-    torch.testing.assert_close(model.targets(images), y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.forward_targets(images), y, atol=1e-5, rtol=1e-5)
 
 
 def test_loss_equals_hand_computed_value():
@@ -126,16 +126,16 @@ def test_loss_equals_hand_computed_value():
     out = model(images, mask, seeds)
     # by hand, reusing the same mask-token noise (it depends only on the per-sample seeds)
     student = model.student(images, mask, seeds)
-    y = model.targets(images)
+    y = model.forward_targets(images)
     M, D = config.masking.num_masks, config.model.embed_dim
     y_rep = y.repeat_interleave(M, 0)
     sq = ((student.pred.float() - y_rep) ** 2).sum(-1)  # (B*M, T)
     n = mask.sum()
     reg = (sq * mask).sum() / math.sqrt(D)
-    cls = ((student.x[:, 0] - y.mean(1).repeat_interleave(M, 0)) ** 2).sum() / math.sqrt(D)
-    expected = reg + 0.01 * n * cls
-    torch.testing.assert_close(out["loss_sum"], expected, rtol=1e-5, atol=1e-4)
-    assert int(out["num_masked"]) == int(n)
+    cls = ((student.encoded[:, 0] - y.mean(1).repeat_interleave(M, 0)) ** 2).sum() / math.sqrt(D)
+    expected = (reg + 0.01 * n * cls) / n  # the mean over the masked tokens of the update
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
+    assert int(out.num_masked) == int(n)
 
 
 def test_student_drops_masked_tokens():
@@ -144,7 +144,7 @@ def test_student_drops_masked_tokens():
     out = model.student(images, mask, seeds)
     T = mask.shape[1]
     keep = T - int(mask[0].sum())
-    assert out.x.shape == (mask.shape[0], 1 + keep, config.model.embed_dim)  # CLS + kept tokens only
+    assert out.encoded.shape == (mask.shape[0], 1 + keep, config.model.embed_dim)  # CLS + kept tokens only
     assert out.pred.shape == (mask.shape[0], T, config.model.embed_dim)
 
 
@@ -241,26 +241,23 @@ def test_decoder1d_residual_rule_and_projection():
 
 
 def test_teacher_can_share_the_local_encoder():
-    """With ema_local_encoder = False (speech, text) the teacher has no local encoder of its own
-    and encodes the student's local features."""
+    """With ema_local_encoder = False (audio by default, text) the teacher has no copy of the local
+    encoder's shareable parts and encodes the student's local features."""
     model, config = small_model()
     encoder = model.encoder
-    type(encoder).ema_local_encoder = False
-    type(encoder).local_encoder_modules = ("patch_embed",)
-    try:
-        from data2vec2.model import Data2Vec2
+    encoder.local_encoder.ema_local_encoder = False  # on this instance only
+    encoder.local_encoder.shareable = ("patch_embed",)
+    from data2vec2.model import Data2Vec2
 
-        shared = Data2Vec2(encoder, model.student.decoder, config)
-        assert shared.teacher.patch_embed is None
-        assert not any(n.startswith("patch_embed") for n, _ in shared.teacher.named_parameters())
-        images, _, _ = batch(config)
-        with torch.no_grad():
-            encoder.patch_embed.weight.mul_(2.0)  # the teacher sees this change: it is shared
-        y = shared.targets(images)
-        lf = encoder.local_features(images)
-        y2 = shared.targets(images, lf)
-        torch.testing.assert_close(y, y2)
-        ema_update(shared.teacher, encoder, 0.5)  # skips the parameters the teacher lacks
-    finally:
-        del type(encoder).ema_local_encoder, type(encoder).local_encoder_modules
-    assert type(encoder).ema_local_encoder is True
+    shared = Data2Vec2(encoder, model.student.decoder, config)
+    assert shared.teacher.local_encoder.patch_embed is None
+    assert not any("patch_embed" in n for n, _ in shared.teacher.named_parameters())
+    assert shared.teacher.local_encoder.cls_token is not None  # the rest of the local encoder is copied
+    images, _, _ = batch(config)
+    with torch.no_grad():
+        encoder.local_encoder.patch_embed.weight.mul_(2.0)  # the teacher sees this change: it is shared
+    y = shared.forward_targets(images)
+    lf = encoder.local_features(images)
+    y2 = shared.forward_targets(images, lf)
+    torch.testing.assert_close(y, y2)
+    ema_update(shared.teacher, encoder, 0.5)  # skips the parameters the teacher lacks

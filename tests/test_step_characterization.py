@@ -1,25 +1,23 @@
-"""Characterization of one training step per modality, pinned from the code as it was when the
-package was reshaped into one folder per modality (version 0.1.0, which matched the reference
-implementation numerically).
+"""Characterization of one training step per modality, pinned from version 0.1.0 (which matched
+the reference implementation numerically) before the package was reshaped into one folder per
+modality.
 
-For each case: a small model in fp32 at a fixed seed, a fixed batch, fixed masks and fixed
-mask-noise seeds, dropout off. One update: forward, backward, clip, AdamW, EMA (tau = 0.5, so the
-teacher moves measurably). Recorded: the targets, the predictions at the masked positions, the
-loss, the gradient norm of every parameter and the teacher after the EMA step. The current code
-must reproduce every one of them to a relative difference of 1e-6 (||a - b|| / ||b||).
-
-    python tests/test_step_characterization.py --write    # re-pin (only for a deliberate change)
+For each case: a small model in fp32 with pinned initial weights (student and teacher), a fixed
+batch, fixed masks and fixed mask-noise seeds, dropout off. One update (train/step.py): forward,
+backward, clip, AdamW, EMA (tau = 0.5, so the teacher moves measurably). Compared: the targets, the
+predictions at the masked positions, the loss, the gradient norm of every parameter and the teacher
+after the EMA step, each to a relative difference of 1e-6 (||a - b|| / ||b||). Parameter names of
+0.1.0 are mapped to today's (the local encoder became a submodule).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 REFERENCE = Path(__file__).parent / "data" / "step_characterization.safetensors"
 
@@ -75,37 +73,54 @@ def fixed_batch(name: str, config) -> dict:
     return {"inputs": inputs, "mask": torch.from_numpy(mask), "noise_seed": torch.tensor([11, 22])}
 
 
-def run_step(name: str) -> dict[str, torch.Tensor]:
-    """One update of the current code on the fixed batch; returns what is compared."""
-    from data2vec2.config import load_config
-    from data2vec2.model import build_model
+LOCAL_ENCODER_NAMES = ("patch_embed", "pos_embed", "cls_token", "feature_extractor", "project_features", "pos_conv",
+                       "alibi_scale", "token_embed", "embed_norm")
+
+
+def renamed(name: str) -> str:
+    """A 0.1.0 parameter name -> today's: the local encoder's parts moved under `local_encoder.`."""
+    parts = name.split(".")
+    i = 1 if parts[0] == "encoder" else 0
+    if len(parts) > i and parts[i] in LOCAL_ENCODER_NAMES:
+        parts.insert(i, "local_encoder")
+    return ".".join(parts)
+
+
+def run_step(name: str, pinned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One update of the current code on the fixed batch from the pinned initial weights."""
+    import data2vec2
+    from data2vec2.train.distributed import DistInfo
     from data2vec2.train.optim import build_optimizer, build_scheduler
+    from data2vec2.train.setup import Training
+    from data2vec2.train.step import train_step
 
     preset, overrides = CASES[name]
-    config = load_config(preset, overrides + NO_DROPOUT)
-    torch.manual_seed(0)
-    model = build_model(config)
+    config = data2vec2.load_config(preset, overrides + NO_DROPOUT)
+    model = data2vec2.build_model(config)
+    for part in ("student", "teacher"):
+        prefix = f"initial/{part}/"
+        state = {renamed(k[len(prefix):]): v for k, v in pinned.items() if k.startswith(prefix)}
+        getattr(model, part).load_state_dict(state)
     model.train()
     b = fixed_batch(name, config)
     optimizer = build_optimizer(model.student, config.optim, torch.device("cpu"))
     scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
+    training = Training(config=config, model=model, student=model.student, optimizer=optimizer, scheduler=scheduler,
+                        device=torch.device("cpu"), dtype=torch.float32, dist=DistInfo())
 
     with torch.no_grad():
-        out = model.student(b["inputs"], b["mask"], b["noise_seed"])
-        targets = model.targets(b["inputs"], out.local_features)
-    result = model(b["inputs"], b["mask"], b["noise_seed"])
-    loss = result["loss_sum"] / result["num_masked"]
-    loss.backward()
-    record = {"targets": targets, "pred_masked": out.pred[b["mask"]], "loss": loss.detach().double()}
+        out = model.forward_student(b["inputs"], b["mask"], b["noise_seed"])
+        targets = model.forward_targets(b["inputs"], out.local_features)
+    model(b["inputs"], b["mask"], b["noise_seed"]).loss.backward()  # the gradients, before clipping
+    record = {"targets": targets, "pred_masked": out.pred[b["mask"]]}
     for pname, p in model.student.named_parameters():
         record[f"grad_norm/{pname}"] = p.grad.norm().double()
-    torch.nn.utils.clip_grad_norm_(model.student.parameters(), config.optim.clip_norm or float("inf"))
-    optimizer.step()
-    scheduler.step()
-    model.update_teacher(1)
+    optimizer.zero_grad(set_to_none=True)
+    batch = {"inputs": b["inputs"], "mask": b["mask"], "noise_seed": b["noise_seed"]}
+    record["loss"] = torch.tensor(train_step(training, [batch], step=0).loss, dtype=torch.float64)
     for pname, t in model.teacher.state_dict().items():
         record[f"teacher/{pname}"] = t
-    return {k: v.detach().contiguous() for k, v in record.items()}
+    return {k: v.detach() for k, v in record.items()}
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -115,19 +130,18 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_one_training_step_reproduces_the_pinned_numbers(name):
-    reference = {k.split(":", 1)[1]: v for k, v in load_file(str(REFERENCE)).items() if k.startswith(name + ":")}
-    assert reference, f"no pinned numbers for {name}"
-    current = run_step(name)
+    pinned = {k.split(":", 1)[1]: v for k, v in load_file(str(REFERENCE)).items() if k.startswith(name + ":")}
+    assert pinned, f"no pinned numbers for {name}"
+    reference = {}
+    for key, value in pinned.items():
+        kind, _, pname = key.partition("/")
+        if kind in ("grad_norm", "teacher"):
+            reference[f"{kind}/{renamed(pname)}"] = value
+        elif kind != "initial":
+            reference[key] = value
+    current = run_step(name, pinned)
     assert sorted(current) == sorted(reference)
     for key, want in reference.items():
         got = current[key]
         assert got.shape == want.shape, key
         assert relative_difference(got, want) <= 1e-6, f"{name}: {key} differs by {relative_difference(got, want):.2e}"
-
-
-if __name__ == "__main__" and "--write" in sys.argv:
-    torch.set_num_threads(1)
-    pinned = {f"{name}:{k}": v for name in CASES for k, v in run_step(name).items()}
-    REFERENCE.parent.mkdir(exist_ok=True)
-    save_file(pinned, str(REFERENCE))
-    print(f"wrote {len(pinned)} tensors to {REFERENCE}")

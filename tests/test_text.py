@@ -8,13 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data2vec2.config import load_config
-from data2vec2.data.text import (BOS, EOS, PAD, DocumentReport, TokenBlocks, iter_documents, load_tokenizer,
+from data2vec2 import load_config
+from data2vec2.modalities.text.data import (BOS, EOS, PAD, DocumentReport, TokenBlocks, iter_documents, load_tokenizer,
                                  open_tokens, tokenize_files, train_tokenizer)
 from data2vec2.errors import DataError
-from data2vec2.model import build_model, normalize
-from data2vec2.modalities.text import TextEncoder, build_text_parts, token_positions
-from data2vec2.modalities.text_data import TextMaskingCollate, text_masks
+from data2vec2 import build_model
+from data2vec2.model import normalize
+from data2vec2.model import build_encoder, random_encoder
+from data2vec2.modalities import MODALITIES
+from data2vec2.modalities.text.encoder import build_decoder, token_positions
+from data2vec2.modalities.text.data import TextMaskingCollate, text_masks
 
 FORTUNES = Path("/usr/share/games/fortunes")
 
@@ -67,10 +70,10 @@ def test_token_block_layout(real_text, tokenizer_file, tmp_path):
     blocks = TokenBlocks(folder, 16)
     assert len(blocks) == len(stream) // 15  # the incomplete tail is dropped
     for i in (0, 1, len(blocks) - 1):
-        b = blocks[i]["tokens"]
+        b = blocks[i]["inputs"]
         assert b.shape == (16,) and b[0] == BOS
         assert b[1:].tolist() == stream[i * 15:(i + 1) * 15]  # consecutive: blocks cross documents
-    inner_eos = [i for i in range(len(blocks)) if (blocks[i]["tokens"][1:-1] == EOS).any()]
+    inner_eos = [i for i in range(len(blocks)) if (blocks[i]["inputs"][1:-1] == EOS).any()]
     assert inner_eos  # a document ends inside a block and the next one follows in the same block
 
 
@@ -108,9 +111,9 @@ def test_random_masks_have_exact_counts_and_never_select_padding():
 
 def test_collate_pads_seeds_and_masks():
     collate = TextMaskingCollate(load_config("text-tiny").masking, seed=3)
-    samples = [{"index": 5, "tokens": torch.arange(4, 20)}, {"index": 9, "tokens": torch.arange(4, 14)}]
+    samples = [{"index": 5, "inputs": torch.arange(4, 20)}, {"index": 9, "inputs": torch.arange(4, 14)}]
     a, b = collate(samples), collate(samples)
-    assert a["tokens"].shape == (2, 16) and (a["tokens"][1, 10:] == PAD).all()
+    assert a["inputs"].shape == (2, 16) and (a["inputs"][1, 10:] == PAD).all()
     assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["noise_seed"], b["noise_seed"])
     assert a["mask"].shape == (4, 16) and (a["mask"].sum(1) == 10 - int(10 * 0.52)).all()
     assert not a["mask"][2:, 10:].any()
@@ -142,34 +145,35 @@ def test_positions_follow_roberta():
 def test_teacher_is_an_ema_of_the_blocks_fed_the_student_embedding_output():
     config = load_config("text-tiny", SMALL)
     model = build_model(config).train()
-    assert model.teacher.token_embed is None and model.teacher.pos_embed is None and model.teacher.embed_norm is None
+    local = model.teacher.local_encoder
+    assert local.token_embed is None and local.pos_embed is None and local.embed_norm is None
     names = {n for n, _ in model.teacher.named_parameters()}
     assert names and all(n.startswith("blocks.") for n in names)
     tokens = torch.randint(4, 512, (2, 32))
     tokens[1, 20:] = PAD
     collate = TextMaskingCollate(config.masking, 0)
-    batch = collate([{"index": i, "tokens": t[t != PAD]} for i, t in enumerate(tokens)])
+    batch = collate([{"index": i, "inputs": t[t != PAD]} for i, t in enumerate(tokens)])
     torch.manual_seed(0)
-    out = model.student(batch["tokens"], batch["mask"])
+    out = model.student(batch["inputs"], batch["mask"], batch["noise_seed"])
     lf = out.local_features  # includes the student's embedding dropout
     torch.manual_seed(1)
     assert not torch.allclose(lf, model.encoder.local_features(tokens))  # a fresh dropout mask differs
-    y = model.targets(batch["tokens"], lf)
-    ffn = model.teacher.forward_local(lf.detach(), tokens == PAD).ffn  # no context norm, no prenet
+    y = model.forward_targets(batch["inputs"], lf)
+    ffn = model.teacher.forward_unmasked(lf.detach(), tokens == PAD).ffn  # no context norm, no prenet
     pad = tokens == PAD
     manual = torch.stack([normalize(f.float(), "instance", pad) for f in ffn[-2:]]).mean(0)
     torch.testing.assert_close(y, manual)
-    loss = model(batch["tokens"], batch["mask"], batch["noise_seed"])
-    assert torch.isfinite(loss["loss_sum"]) and int(loss["num_masked"]) == int(batch["mask"].sum())
+    loss = model(batch["inputs"], batch["mask"], batch["noise_seed"])
+    assert torch.isfinite(loss.loss) and int(loss.num_masked) == int(batch["mask"].sum())
 
 
 def test_decoder_shape_and_no_residual():
     config = load_config("text-base")
-    _, decoder = build_text_parts(config)
+    decoder = build_decoder(config)
     assert sum(p.numel() for p in decoder.parameters()) == 28_907_520  # spec 4.4: 28.9M
     assert not decoder.residual and len(decoder.layers) == 5 and decoder.layers[0][0].kernel_size == (9,)
     config = load_config("text-tiny", SMALL)
-    _, decoder = build_text_parts(config)
+    decoder = build_decoder(config)
     x = torch.randn(3, 32, 32)
     y = decoder(x)
     assert y.shape == (3, 32, 32)
@@ -182,7 +186,7 @@ def test_decoder_shape_and_no_residual():
 
 
 def test_text_base_has_124m_parameters():
-    encoder = TextEncoder(load_config("text-base").model)
+    encoder = build_encoder(load_config("text-base").model, MODALITIES["text"])
     assert abs(sum(p.numel() for p in encoder.parameters()) - 124.05e6) < 0.1e6
 
 
@@ -191,7 +195,7 @@ def test_text_base_has_124m_parameters():
 
 def test_loss_falls_on_real_text(real_text, tokenizer_file, tmp_path):
     from data2vec2.train.logger import read_metrics
-    from data2vec2.train.loop import pretrain
+    from data2vec2 import pretrain
 
     # A teacher that barely moves in 30 updates (the preset's 0.99 follows the student within ~100
     # updates), so that a falling loss measures the student learning to predict its targets.
@@ -209,8 +213,8 @@ def test_loss_falls_on_real_text(real_text, tokenizer_file, tmp_path):
 def test_transformers_round_trip(real_text, tokenizer_file, tmp_path):
     transformers = pytest.importorskip("transformers")
     from data2vec2.cli import main
-    from data2vec2.export import load_encoder
-    from data2vec2.train.loop import pretrain
+    from data2vec2 import load_encoder
+    from data2vec2 import pretrain
 
     config = small_config(real_text, tokenizer_file, tmp_path, ["train.max_steps=2", "train.precision=fp32"])
     pretrain(config, tmp_path / "run", progress=False)
@@ -233,15 +237,16 @@ def test_transformers_round_trip(real_text, tokenizer_file, tmp_path):
 
 
 def test_finetune_reports_pretrained_and_random(real_text, tokenizer_file, tmp_path):
-    from data2vec2.eval.text_finetune import Recipe, finetune_compare
+    from data2vec2.modalities.text.finetune import Recipe, finetune_compare
 
     rows = ["sentence\tlabel"] + [f"{w} computer {w}\t{int(w == 'good')}" for w in ["good", "bad"] * 20]
     for split in ("train", "dev"):
         (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     config = small_config(real_text, tokenizer_file, tmp_path)
-    encoder = TextEncoder(config.model)
+    encoder = build_encoder(config.model, MODALITIES["text"])
+    baseline = random_encoder(config.model, MODALITIES["text"], seed=1)
     result = finetune_compare(encoder, config, tmp_path / "train.tsv", tmp_path / "dev.tsv",
-                              recipe=Recipe(epochs=10, lr=1e-3, batch_size=8), progress=False)
+                              recipe=Recipe(epochs=10, lr=1e-3, batch_size=8), baseline=baseline, progress=False)
     for name in ("pretrained", "random_init"):
         final = result[name]["final"]["dev"]
         assert set(final) == {"accuracy", "f1", "mcc"} and 0 <= final["accuracy"] <= 1
@@ -250,7 +255,7 @@ def test_finetune_reports_pretrained_and_random(real_text, tokenizer_file, tmp_p
 
 
 def test_unknown_task_column_is_a_clear_error(tmp_path):
-    from data2vec2.eval.text_finetune import read_tsv
+    from data2vec2.modalities.text.finetune import read_tsv
 
     (tmp_path / "t.tsv").write_text("sentence\tlabel\nhello\t1\n")
     with pytest.raises(DataError, match=r"unknown column 'review'; the header has \['sentence', 'label'\]"):
@@ -264,7 +269,7 @@ def test_unknown_task_column_is_a_clear_error(tmp_path):
 
 
 def test_hf_config_is_json(tmp_path):
-    from data2vec2.modalities.text_hf import hf_config
+    from data2vec2.modalities.text.hf import hf_config
 
     c = hf_config(load_config("text-base").model)
     assert c["max_position_embeddings"] == 514 and c["layer_norm_eps"] == 1e-5 and c["hidden_act"] == "gelu"

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data2vec2.config import load_config
+from data2vec2 import load_config
 from data2vec2.errors import DataError
 from data2vec2.train.logger import read_metrics
-from data2vec2.train.loop import pretrain
+from data2vec2 import pretrain
 
 
 def losses(run: Path) -> list[float]:
@@ -62,13 +62,12 @@ def test_checkpoints_are_complete_and_pruned(tmp_path, small_overrides):
 
 def test_export_and_load_round_trip(tmp_path, small_overrides):
     import data2vec2
-    from data2vec2.eval.image_eval import load_encoder_any
-    from data2vec2.export import export_encoder
+    from data2vec2.modalities import MODALITIES
 
     config = load_config("image-tiny", small_overrides + ["train.max_steps=2"])
     pretrain(config, tmp_path / "run", progress=False)
-    encoder, cfg = load_encoder_any(tmp_path / "run")
-    export_encoder(encoder, cfg.model, tmp_path / "export")
+    encoder, cfg = data2vec2.load_encoder_and_config(tmp_path / "run")
+    MODALITIES["image"].export(encoder, cfg, tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]
     loaded = data2vec2.load_encoder(tmp_path / "export")
     x = torch.randn(4, 1, 28, 28)
@@ -77,13 +76,14 @@ def test_export_and_load_round_trip(tmp_path, small_overrides):
         torch.testing.assert_close(loaded.embed(x, pool="cls"), encoder.embed(x, pool="cls"))
     # the student weights, not the teacher's, are what a checkpoint's encoder holds
     state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
-    torch.testing.assert_close(loaded.state_dict()["patch_embed.weight"], state["student"]["encoder.patch_embed.weight"])
+    torch.testing.assert_close(loaded.state_dict()["local_encoder.patch_embed.weight"],
+                               state["student"]["encoder.local_encoder.patch_embed.weight"])
 
 
 def test_load_encoder_errors(tmp_path):
     import data2vec2
 
-    with pytest.raises(DataError, match="config.json not found"):
+    with pytest.raises(DataError, match="not an exported encoder"):
         data2vec2.load_encoder(tmp_path)
     (tmp_path / "config.json").write_text("{broken")
     (tmp_path / "model.safetensors").write_bytes(b"nope")
@@ -154,8 +154,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, sm
     config = load_config("image-tiny", small_overrides + ["train.max_steps=6", "train.checkpoint_every=2"])
     pretrain(config, tmp_path / "run", progress=False, max_steps=2)
     before = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
-    regression = Data2Vec2.regression
-    monkeypatch.setattr(Data2Vec2, "regression", lambda self, p, t: regression(self, p, t) * float("nan"))
+    elementwise_loss = Data2Vec2.elementwise_loss
+    monkeypatch.setattr(Data2Vec2, "elementwise_loss", lambda self, p, t: elementwise_loss(self, p, t) * float("nan"))
     with pytest.raises(TrainingError, match="the loss is nan at update 3"):
         pretrain(config, tmp_path / "run", progress=False)
     after = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)

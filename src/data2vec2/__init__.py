@@ -1,8 +1,16 @@
-"""data2vec 2.0: efficient self-supervised pre-training of Transformers (Baevski et al., 2022)."""
+"""data2vec 2.0: efficient self-supervised pre-training of Transformers (Baevski et al., 2022).
 
-__version__ = "0.1.0"
+    import data2vec2
+    config = data2vec2.load_config("image-tiny", ["train.max_steps=100"])
+    data2vec2.pretrain(config, "runs/tiny")
+    encoder = data2vec2.load_encoder("runs/tiny")        # a run folder, a checkpoint or an export
+"""
 
-from .config import Config, load_config  # noqa: E402
-from .export import load_encoder  # noqa: E402
+__version__ = "0.2.0"
 
-__all__ = ["Config", "load_config", "load_encoder", "__version__"]
+from .api import (MODALITIES, build_model, config_from_dict, load_config, load_encoder,  # noqa: E402
+                  load_encoder_and_config, pretrain)
+from .config import Config  # noqa: E402
+
+__all__ = ["Config", "MODALITIES", "load_config", "config_from_dict", "build_model", "pretrain", "load_encoder",
+           "load_encoder_and_config", "__version__"]

@@ -3,6 +3,18 @@
 A run is described by one `Config`. Presets live in `data2vec2/presets/<name>.yaml`; a YAML file
 only lists what differs from the defaults below. Unknown keys and values of the wrong type are
 rejected with a `ConfigError` that names the key (for example `masking.mask_prbo`).
+
+The settings of one modality are not fields of this module: each modality record
+(`data2vec2.modality.Modality`) brings a dataclass for `model.<modality>` (its local encoder) and
+one for its own `data.*` keys. A config holds only the active modality's two, and a saved config
+(run folder, checkpoint, export) holds only those plus the package version:
+
+    model: {modality: image, embed_dim: ..., image: {image_size: ..., ...}}
+    data:  {train: ..., cache_dir: ..., channels: ..., mean: ...}      generic and image keys, flat
+
+A saved config written by another version loads with a warning for each key this version does not
+know; a missing key that changes the mathematics (model, decoder, masking, targets, loss, ema) is
+an error, since a default would silently change the model.
 """
 
 from __future__ import annotations
@@ -11,48 +23,20 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import yaml
 
+from . import __version__
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from .modality import Modality
+
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-@dataclass
-class ImageConfig:
-    image_size: int = 224
-    patch_size: int = 16
-    in_channels: int = 3
-
-
-@dataclass
-class AudioConfig:
-    """The speech local encoder (spec 3.3): the wav2vec 2.0 CNN, then LayerNorm + Linear to D;
-    a convolutional relative-position encoder; ALiBi attention bias."""
-
-    # (channels, kernel, stride) of each conv layer; the base CNN is 512 x [(10,5), (3,2) x4, (2,2) x2]
-    conv_layers: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
-    conv_pos_width: int = 95  # total width; each of the conv_pos_depth layers has kernel width // depth
-    conv_pos_depth: int = 5
-    conv_pos_groups: int = 16
-    alibi: bool = True
-    alibi_scale_init: float = 1.0
-    # False (the reference): the teacher is fed the student's CNN + projection output. True: the
-    # teacher keeps its own EMA copy of them (audio-tiny: the shared CNN collapsed, docs/audio.md)
-    ema_local_encoder: bool = False
-
-
-@dataclass
-class TextConfig:
-    """Byte-level BPE tokens (spec 3.4): <s>=0, <pad>=1, </s>=2, <unk>=3 (RoBERTa's layout)."""
-
-    vocab_size: int = 50_265
-    max_positions: int = 512  # tokens per sequence, <s> included; the table has 2 more rows
-    embed_dropout: float = 0.1  # after the embedding LayerNorm; the teacher sees it too (spec 2)
 
 
 @dataclass
@@ -73,9 +57,14 @@ class ModelConfig:
     prenet_dropout: float = 0.0  # after the context encoder's LayerNorm
     drop_path: float = 0.0
     layerdrop: float = 0.0
-    image: ImageConfig = field(default_factory=ImageConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    # the active modality's local-encoder settings, written and read as `model.<modality>`
+    settings: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        """`model.image` (or `model.audio`, ...) is the active modality's settings."""
+        if name != "modality" and name == self.__dict__.get("modality") and "settings" in self.__dict__:
+            return self.__dict__["settings"]
+        raise AttributeError(f"model config has no attribute {name!r}")
 
 
 @dataclass
@@ -136,22 +125,27 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "fashion-mnist:train"  # "fashion-mnist:train" or a folder of images
+    train: str = "fashion-mnist:train"  # what to pre-train on: a prepared set, a folder, a manifest
     cache_dir: str = "cache"
-    channels: int = 3
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    hflip: bool = True
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     on_bad_file: str = "skip"  # skip (count it in the log) | stop
     num_workers: int = 2
-    limit: int = 0  # use only the first N training images (0: all)
-    # speech: samples at 16 kHz; shorter files are dropped (and counted), longer ones randomly cropped
-    min_samples: int = 32_000
-    max_samples: int = 320_000
-    # text: a byte-level BPE tokenizer file (tokenizer.json); "" trains one on data.train into the cache
-    tokenizer: str = ""
-    documents: str = "paragraph"  # text: a document is a blank-line-separated paragraph | a whole file
+    limit: int = 0  # use only the first N training samples (0: all)
+    # the active modality's own data keys (data.mean for images, ...), written and read flat
+    settings: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        """`data.mean` (a key of the active modality's data settings) reads its settings."""
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
+            return getattr(settings, name)
+        raise AttributeError(f"data config has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
+            setattr(settings, name, value)
+        else:
+            super().__setattr__(name, value)
 
 
 @dataclass
@@ -195,53 +189,61 @@ class Config:
     guards: GuardConfig = field(default_factory=GuardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "Config":
-        """Range checks that types alone cannot express."""
-        m, d, k = self.model, self.masking, self.targets
+    def validate(self, modality: "Modality", sections: tuple[str, ...] | None = None) -> "Config":
+        """Range checks that types alone cannot express, the modality's own included. `sections`:
+        check only the keys of these sections (an export holds the model and data only)."""
+        model, masking, targets = self.model, self.masking, self.targets
+        train, data, optim, decoder = self.train, self.data, self.optim, self.decoder
         checks = [
-            (m.modality in ("image", "audio", "text"), "model.modality", "must be image, audio or text"),
-            (m.embed_dim % m.num_heads == 0, "model.embed_dim", "must be divisible by model.num_heads"),
-            (1 <= k.top_k <= m.depth, "targets.top_k", f"must be in [1, model.depth={m.depth}]"),
-            (k.layer_norm in ("instance", "layer", "none"), "targets.layer_norm", "must be instance, layer or none"),
-            (k.final_norm in ("instance", "layer", "none"), "targets.final_norm", "must be instance, layer or none"),
-            (d.kind in ("inverse_block", "block", "random"), "masking.kind", "must be inverse_block, block or random"),
-            (0.0 < d.mask_prob < 1.0, "masking.mask_prob", "must be in (0, 1)"),
-            (d.num_masks >= 1, "masking.num_masks", "must be >= 1"),
-            (d.mask_length >= 1, "masking.mask_length", "must be >= 1"),
-            (m.modality != "image" or m.image.image_size % m.image.patch_size == 0, "model.image.image_size",
-             "must be a multiple of patch_size"),
-            (self.decoder.dim % self.decoder.groups == 0 and m.embed_dim % self.decoder.groups == 0,
-             "decoder.groups", "must divide decoder.dim and model.embed_dim"),
+            (model.embed_dim >= 1 and model.depth >= 1 and model.prenet_depth >= 0, "model.embed_dim",
+             "model.embed_dim and model.depth must be >= 1, model.prenet_depth >= 0"),
+            (model.num_heads >= 1 and model.embed_dim % model.num_heads == 0, "model.num_heads",
+             f"must be >= 1 and divide model.embed_dim={model.embed_dim}"),
+            (1 <= targets.top_k <= model.depth, "targets.top_k", f"must be in [1, model.depth={model.depth}]"),
+            (targets.layer_norm in ("instance", "layer", "none"), "targets.layer_norm", "must be instance, layer or none"),
+            (targets.final_norm in ("instance", "layer", "none"), "targets.final_norm", "must be instance, layer or none"),
+            (masking.kind in ("inverse_block", "block", "random"), "masking.kind", "must be inverse_block, block or random"),
+            (0.0 < masking.mask_prob < 1.0, "masking.mask_prob", "must be in (0, 1)"),
+            (masking.num_masks >= 1, "masking.num_masks", "must be >= 1"),
+            (masking.mask_length >= 1, "masking.mask_length", "must be >= 1"),
+            (masking.kind != "random" or (masking.mask_length, masking.mask_prob_adjust)
+             == (MaskingConfig.mask_length, MaskingConfig.mask_prob_adjust), "masking.mask_length",
+             "random masking uses neither masking.mask_length nor masking.mask_prob_adjust: leave them out"),
+            (decoder.groups >= 1 and decoder.dim % decoder.groups == 0
+             and model.embed_dim % decoder.groups == 0, "decoder.groups", "must divide decoder.dim and model.embed_dim"),
+            (decoder.projection_layers in (1, 2), "decoder.projection_layers", "must be 1 or 2"),
+            (self.loss.beta >= 0, "loss.beta", "must be >= 0 (0: L2, > 0: smooth L1)"),
             (0.0 <= self.ema.decay <= 1.0 and 0.0 <= self.ema.end_decay <= 1.0, "ema.decay", "must be in [0, 1]"),
-            (self.train.batch_size >= 1, "train.batch_size", "must be >= 1"),
-            (self.train.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
-            (self.train.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16"),
-            (self.train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda"),
-            (self.data.on_bad_file in ("skip", "stop"), "data.on_bad_file", "must be skip or stop"),
-            (m.modality != "image" or len(self.data.mean) == self.data.channels == len(self.data.std), "data.mean",
-             "data.mean and data.std need one value per channel"),
-            (m.modality != "image" or self.data.channels == m.image.in_channels, "data.channels",
-             "must equal model.image.in_channels"),
-            (m.modality != "audio" or len(m.audio.conv_layers) >= 1, "model.audio.conv_layers", "needs >= 1 layer"),
-            (m.modality != "audio" or m.embed_dim % m.audio.conv_pos_groups == 0, "model.audio.conv_pos_groups",
-             "must divide model.embed_dim"),
-            (0 < self.data.min_samples <= self.data.max_samples, "data.min_samples",
-             "must be in (0, data.max_samples]"),
-            (self.decoder.projection_layers in (1, 2), "decoder.projection_layers", "must be 1 or 2"),
-            (m.modality != "text" or m.prenet_depth == 0, "model.prenet_depth", "must be 0 for text (spec 3.4)"),
-            (m.modality != "text" or m.text.vocab_size > 4, "model.text.vocab_size", "must exceed the 4 special tokens"),
-            (self.data.documents in ("paragraph", "file"), "data.documents", "must be paragraph or file"),
-            (self.optim.lr > 0, "optim.lr", "must be > 0"),
-            (self.train.max_steps >= 1, "train.max_steps", "must be >= 1"),
+            (optim.lr > 0, "optim.lr", "must be > 0"),
+            (optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0"),
+            (train.batch_size >= 1, "train.batch_size", "must be >= 1"),
+            (train.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
+            (train.max_steps >= 1, "train.max_steps", "must be >= 1"),
+            (train.log_every >= 1, "train.log_every", "must be >= 1"),
+            (train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1"),
+            (train.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0"),
+            (train.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16"),
+            (train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda"),
+            (data.on_bad_file in ("skip", "stop"), "data.on_bad_file", "must be skip or stop"),
+            (data.num_workers >= 0, "data.num_workers", "must be >= 0"),
+            (data.limit >= 0, "data.limit", "must be >= 0 (0: all)"),
         ]
-        for ok, key, message in checks:
-            if not ok:
+        for ok, key, message in checks + modality.check_config(self):
+            if not ok and (sections is None or key.split(".")[0] in sections):
                 raise ConfigError(f"{key}: {message}")
         return self
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading, overriding and saving
+
+# Sections whose every key changes the model's mathematics: a saved config that lacks one of their
+# keys cannot be completed with a default (the default may not be what the writer used).
+MATHEMATICAL_SECTIONS = ("model", "decoder", "masking", "targets", "loss", "ema")
+
+
+class ConfigWarning(UserWarning):
+    """A saved config holds a key this version does not know (written by another version)."""
 
 
 def _type_name(tp: Any) -> str:
@@ -290,22 +292,84 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
-def _update(obj: Any, values: dict, prefix: str = "") -> None:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            close = [n for n in names if n.startswith(str(key)[:3])]
-            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
-            raise ConfigError(f"unknown config key '{full}'{hint}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _update(current, value, full + ".")
+def _field_names(obj: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj) if f.name != "settings"]
+
+
+class _Reader:
+    """Fills dataclasses from nested dicts. Strict (presets, overrides): an unknown key is an
+    error. Saved (run folders, checkpoints, exports): an unknown key is a warning, a missing
+    mathematical key an error."""
+
+    def __init__(self, modalities: Mapping[str, "Modality"], modality: str, saved: bool, source: str):
+        self.modalities, self.modality, self.saved, self.source = modalities, modality, saved, source
+
+    def unknown(self, key: str, message: str) -> None:
+        if self.saved:
+            warnings.warn(f"{self.source}: ignoring '{key}': {message}", ConfigWarning, stacklevel=4)
         else:
-            setattr(obj, key, _coerce(value, hints[key], full))
+            raise ConfigError(f"{key}: {message}" if "config key" not in message else message)
+
+    def other_modality(self, key: str, section: str) -> str | None:
+        """The modality whose settings hold `key` in `section` ("model" or "data"), if another."""
+        for name, record in self.modalities.items():
+            if name == self.modality:
+                continue
+            if section == "model" and key == name:
+                return name
+            if section == "data" and key in {f.name for f in dataclasses.fields(record.data_settings)}:
+                return name
+        return None
+
+    def fill(self, obj: Any, values: Any, prefix: str) -> None:
+        if not isinstance(values, dict):
+            raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+        hints = typing.get_type_hints(type(obj))
+        names = _field_names(obj)
+        settings = obj.__dict__.get("settings")
+        section = prefix.rstrip(".")
+        for key, value in values.items():
+            full = f"{prefix}{key}"
+            if section == "model" and key == self.modality:
+                self.fill(settings, value, full + ".")
+                continue
+            if section == "data" and key not in names and settings is not None and key in _field_names(settings):
+                self.fill(settings, {key: value}, prefix)
+                continue
+            if key not in names:
+                owner = self.other_modality(str(key), section)
+                if owner is not None:
+                    self.unknown(full, f"a setting of the {owner} modality; this config is {self.modality}")
+                    continue
+                close = [n for n in names + (_field_names(settings) if settings is not None else [])
+                         if n.startswith(str(key)[:3])]
+                hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+                self.unknown(full, f"unknown config key '{full}'{hint}")
+                continue
+            current = getattr(obj, key)
+            if dataclasses.is_dataclass(current):
+                self.fill(current, value, full + ".")
+            else:
+                setattr(obj, key, _coerce(value, hints[key], full))
+
+    def check_complete(self, config: "Config", values: dict) -> None:
+        """In a saved config, every key of a mathematical section that is present must be there."""
+        def walk(obj: Any, given: dict, prefix: str) -> None:
+            for name in _field_names(obj):
+                if name not in given:
+                    raise ConfigError(f"{self.source}: '{prefix}{name}' is missing; it changes the model's mathematics, "
+                                      f"so no default can stand in for it (written by another version?)")
+                if dataclasses.is_dataclass(getattr(obj, name)):
+                    walk(getattr(obj, name), given[name], f"{prefix}{name}.")
+            settings = obj.__dict__.get("settings")
+            if settings is not None and prefix == "model.":
+                if self.modality not in given:
+                    raise ConfigError(f"{self.source}: 'model.{self.modality}' is missing")
+                walk(settings, given[self.modality], f"model.{self.modality}.")
+
+        for section in MATHEMATICAL_SECTIONS:
+            if isinstance(values.get(section), dict):
+                walk(getattr(config, section), values[section], f"{section}.")
 
 
 def preset_names() -> list[str]:
@@ -317,10 +381,61 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
     return data or {}
 
 
-def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """`a.b.c=value` -> {"a": {"b": {"c": value}}}, the value parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' is not of the form key=value (e.g. optim.lr=5e-4)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': the value is not valid YAML: {e}") from None
+    nested: dict = {}
+    cursor = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def config_from_dict(values: dict, modalities: Mapping[str, "Modality"], *, saved: bool = False,
+                     source: str = "config", sections: tuple[str, ...] | None = None) -> Config:
+    """A validated `Config` from a nested dict. `saved`: the dict was written by a (maybe other)
+    version of this package, so unknown keys are warnings and missing mathematical keys errors.
+    `sections`: validate only these (see `Config.validate`)."""
+    values = dict(values)
+    values.pop("version", None)
+    model_values = values.get("model") or {}
+    name = model_values.get("modality", ModelConfig.modality) if isinstance(model_values, dict) else None
+    if name not in modalities:
+        raise ConfigError(f"model.modality: must be one of {', '.join(modalities)}, not {name!r}")
+    record = modalities[name]
+    config = Config()
+    config.model.modality = name
+    config.model.settings = record.model_settings()
+    config.data.settings = record.data_settings()
+    reader = _Reader(modalities, name, saved, source)
+    reader.fill(config, values, "")
+    if saved:
+        reader.check_complete(config, values)
+    return config.validate(record, sections)
+
+
+def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = (), *,
+                modalities: Mapping[str, "Modality"]) -> Config:
     """Build a config from a preset name (e.g. `image-tiny`) or a YAML path, then apply
     `key=value` overrides (values parsed as YAML: `optim.lr=3e-4`, `data.hflip=false`)."""
     path = Path(preset_or_path)
@@ -330,40 +445,31 @@ def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = ()
             raise ConfigError(f"unknown preset '{preset_or_path}'; available: {', '.join(preset_names())}")
     elif not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    config = Config()
-    _update(config, _read_yaml(path))
+    values = _read_yaml(path)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        value = yaml.safe_load(raw) if raw != "" else ""
-        nested: dict = {}
-        cursor = nested
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = value
-        _update(config, nested)
-    return config.validate()
+        values = _merge(values, parse_override(item))
+    return config_from_dict(values, modalities, source=str(path))
 
 
-def config_from_dict(values: dict) -> Config:
-    config = Config()
-    _update(config, values)
-    return config.validate()
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        out = {name: _plain(getattr(value, name)) for name in _field_names(value)}
+        settings = value.__dict__.get("settings")
+        if settings is not None and isinstance(value, ModelConfig):
+            out[value.modality] = _plain(settings)
+        elif settings is not None:
+            out.update(_plain(settings))
+        return out
+    if isinstance(value, (tuple, list)):
+        return [_plain(x) for x in value]
+    return value
 
 
 def config_to_dict(config: Any) -> dict:
-    """Plain nested dict (tuples as lists) suitable for YAML and JSON."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(config))
+    """Plain nested dict (tuples as lists) for YAML and JSON, holding only the active modality's
+    settings; a whole `Config` also gets the package version."""
+    out = _plain(config)
+    return {"version": __version__, **out} if isinstance(config, Config) else out
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -1,7 +1,12 @@
-"""Encoder-only export: `model.safetensors` + `config.json`, loadable without the training code.
+"""Encoder-only export (`model.safetensors` + `config.json`) and the one loader for every artefact.
 
-    encoder = data2vec2.load_encoder("runs/demo/export")
-    features = encoder.embed(images, pool="mean")   # (B, D)
+    encoder = data2vec2.load_encoder("runs/demo/export")   # an export, a run folder or a checkpoint
+    features = encoder.embed(images)                         # (B, D)
+
+An export's config.json holds the format, the package version, the model config (only the active
+modality's settings) and the data keys the modality needs to feed the encoder (image
+normalisation). A modality may export in a format of its own (text: a `transformers` RoBERTa
+folder); its config.json then holds the same under a "data2vec2" entry.
 """
 
 from __future__ import annotations
@@ -9,62 +14,116 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig, _update, config_to_dict
+from . import __version__
+from .config import Config, config_from_dict, config_to_dict
+from .encoder import Encoder
 from .errors import DataError
+from .model import build_encoder
+from .train.checkpoint import load_checkpoint
+
+if TYPE_CHECKING:
+    from .modality import Modality
 
 FORMAT = "data2vec2-encoder"
 
 
-def export_encoder(encoder: torch.nn.Module, model_config: ModelConfig, out_dir: str | Path,
-                   extra: dict | None = None) -> Path:
-    """Write the encoder's weights and its model config into `out_dir` (atomically per file)."""
+def write_json(path: Path, values: dict) -> None:
+    """Write JSON atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(values, indent=2))
+    os.replace(tmp, path)
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def write_encoder(encoder: torch.nn.Module, config: Config, out_dir: str | Path, data: dict | None = None) -> Path:
+    """Our export format: the encoder's weights and its model config (plus `data`, the data keys
+    needed to feed it) in `out_dir`, each file written atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from . import __version__
-
-    state = {k: v.detach().float().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, out / "model.safetensors")
-    meta = {"format": FORMAT, "version": __version__, "model": config_to_dict(model_config), **(extra or {})}
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / "config.json")
+    write_safetensors(encoder.state_dict(), out / "model.safetensors", {"format": FORMAT})
+    meta = {"format": FORMAT, "version": __version__, "model": config_to_dict(config.model)}
+    if data:
+        meta["data"] = data
+    write_json(out / "config.json", meta)
     return out
 
 
-def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load an exported encoder (a folder with model.safetensors and config.json) in eval mode."""
-    from .model import build_encoder
-    from .config import Config
+def _read_json(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return meta
 
-    folder = Path(path)
+
+def _modality_of(values: dict, source: Path, modalities: Mapping[str, "Modality"]) -> "Modality":
+    name = (values.get("model") or {}).get("modality") if isinstance(values.get("model"), dict) else None
+    if name not in modalities:
+        known = ", ".join(modalities)
+        raise DataError(f"{source}: holds a model of modality {name!r}; this command takes {known}")
+    return modalities[name]
+
+
+def _load_export(folder: Path, modalities: Mapping[str, "Modality"]) -> tuple[Encoder, Config]:
     cfg_file, weights = folder / "config.json", folder / "model.safetensors"
     for f in (cfg_file, weights):
         if not f.exists():
             raise DataError(f"{f} not found: expected an exported encoder folder (data2vec2 export)")
-    try:
-        meta = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{cfg_file} is not valid JSON: {e}") from None
-    if isinstance(meta.get("data2vec2"), dict):  # a text encoder exported as a transformers model
-        from .modalities.text_hf import load_text_hf
-
-        return load_text_hf(folder)[0].to(device)
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{cfg_file} is not a data2vec2 encoder config")
-    config = Config()
-    _update(config.model, meta["model"], "model.")
-    encoder = build_encoder(config)
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types
-        raise DataError(f"cannot read {weights}: {e}") from None
+    meta = _read_json(cfg_file)
+    info = meta["data2vec2"] if isinstance(meta.get("data2vec2"), dict) else meta  # a foreign format
+    if info.get("format") is None or "model" not in info:
+        raise DataError(f"{cfg_file} is not a data2vec2 export config")
+    record = _modality_of(info, cfg_file, modalities)
+    if info.get("format") == FORMAT:
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error types
+            raise DataError(f"cannot read {weights}: {e}") from None
+        data = meta.get("data", {})
+    elif record.read_export is not None:
+        state, data = record.read_export(folder, meta)
+    else:
+        raise DataError(f"{cfg_file}: unknown export format {info.get('format')!r}")
+    config = config_from_dict({"model": info["model"], "data": data}, modalities, saved=True, source=str(cfg_file),
+                              sections=("model", "data"))
+    encoder = build_encoder(config.model, record)
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise DataError(f"{weights} does not match its config: missing {missing}, unexpected {unexpected}")
-    return encoder.to(device).eval()
+    return encoder.eval(), config
+
+
+def _load_checkpoint(path: Path, modalities: Mapping[str, "Modality"]) -> tuple[Encoder, Config]:
+    state = load_checkpoint(path)
+    record = _modality_of(state.get("config", {}), path, modalities)
+    config = config_from_dict(state["config"], modalities, saved=True, source=str(path))
+    encoder = build_encoder(config.model, record)
+    prefix = "encoder."
+    encoder.load_state_dict({k[len(prefix):]: v for k, v in state["student"].items() if k.startswith(prefix)})
+    return encoder.eval(), config
+
+
+def load_encoder_and_config(path: str | Path, modalities: Mapping[str, "Modality"]) -> tuple[Encoder, Config]:
+    """The encoder (eval mode) and config of an export folder, a run folder (its last checkpoint)
+    or a checkpoint file. Training checkpoints give the *student* encoder, as fine-tuning in the
+    reference does. `modalities`: the records it may be (a command that needs one modality passes
+    only that one, and any other is an error naming both)."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        return _load_export(path, modalities)
+    checkpoint = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    if not checkpoint.exists():
+        raise DataError(f"{path}: not an exported encoder (config.json), a run folder or a checkpoint file")
+    return _load_checkpoint(checkpoint, modalities)

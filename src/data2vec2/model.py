@@ -1,35 +1,40 @@
-"""Data2Vec2: the student, the EMA teacher, the contextualised targets and the loss (spec 1-2).
+"""Data2Vec2: the student, the EMA teacher, the contextualised targets and the loss (paper section
+3; the reference's `Data2VecMultiModel.forward`, fairseq examples/data2vec/models/data2vec2.py).
 
 One training step on a batch of B samples with M masks each:
 
-    lf      = student.local_features(x)                    (B, T, D)   once per sample
-    student : clone M times, drop masked tokens, encode    (B*M, extra + T_keep, D)
-    decoder : kept tokens + N(0, 0.01^2) noise at masked positions, un-shuffled -> conv decoder
-    teacher : EMA model on the unmasked sample, once       FFN outputs of the shared blocks
-    targets : top-K FFN outputs, per-layer norm, mean (fp32), final norm, repeated M times
-    loss    : sum over masked tokens of ||pred - target||^2 * scale (+ CLS term); the caller
-              divides by the global number of masked tokens
+    forward_student : local features once per sample (B, T, D); M clones, masked tokens dropped,
+                      encoded (B*M, extra + T_keep, D); N(0, 0.01^2) noise at the masked positions,
+                      un-shuffled, conv decoder -> predictions (B*M, T, D)
+    forward_targets : the EMA teacher on the unmasked sample, once; the FFN outputs of its top-K
+                      blocks, each normalised, averaged in fp32, final norm -> (B, T, D)
+    forward_loss    : ||prediction - target||^2 * scale over the masked tokens (+ the CLS term),
+                      divided by the masked-token count of the whole update
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import Config
-from .encoder import Encoder, MaskInfo, gather_tokens
+from .config import Config, ModelConfig
+from .encoder import Encoder, MaskInfo, gather_tokens, init_bert
 from .nn.ema import ema_decay, ema_update, make_teacher
+
+if TYPE_CHECKING:
+    from .modality import Modality
 
 
 def normalize(x: Tensor, kind: str, padding_mask: Tensor | None = None) -> Tensor:
     """x: (B, T, C) in fp32. "instance": per sample and channel over the T tokens (no affine,
     eps 1e-5); "layer": per token over C (no affine, eps 1e-5); "none": unchanged.
     `padding_mask` (B, T), True = padding: instance statistics use only the other tokens (a
-    deliberate fix: the reference includes padding, spec 10 item 18)."""
+    deliberate fix: the reference's `instance_norm` includes padding)."""
     if kind == "instance" and padding_mask is not None and bool(padding_mask.any()):
         keep = (~padding_mask).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         count = keep.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, 1)
@@ -44,17 +49,15 @@ def normalize(x: Tensor, kind: str, padding_mask: Tensor | None = None) -> Tenso
 
 
 def channel_std(x: Tensor) -> Tensor:
-    """Std of each channel over all other axes, averaged over channels (spec 1.10)."""
+    """Std of each channel over all other axes, averaged over channels (the reference's
+    `compute_var`, logged as target_var / pred_var)."""
     x = x.detach().float().reshape(-1, x.shape[-1])
     return x.std(dim=0).mean() if x.shape[0] > 1 else x.new_zeros(())
 
 
-def mask_noise(num_rows: int, num_masked: int, dim: int, std: float, num_masks: int,
-               seeds: Tensor | None, device: torch.device) -> Tensor:
-    """Mask tokens: fresh N(0, std^2) noise, (B*M, num_masked, dim). With per-sample `seeds` (B,)
-    the noise of sample b depends only on its seed, so runs agree across world sizes."""
-    if seeds is None:
-        return torch.randn(num_rows, num_masked, dim, device=device) * std
+def mask_noise(num_masked: int, dim: int, std: float, num_masks: int, seeds: Tensor, device: torch.device) -> Tensor:
+    """Mask tokens: fresh N(0, std^2) noise, (B*M, num_masked, dim). The noise of sample b depends
+    only on its seed `seeds[b]`, so runs agree across world sizes and after a resume."""
     chunks = []
     for seed in seeds.tolist():
         gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -64,9 +67,9 @@ def mask_noise(num_rows: int, num_masked: int, dim: int, std: float, num_masks: 
 
 @dataclass
 class StudentOutput:
-    local_features: Tensor  # (B, T, D)
-    pred: Tensor  # (B*M, T, D) decoder output at every position
-    x: Tensor  # (B*M, extra + T_keep, D) encoder output
+    local_features: Tensor  # (B, T, D), once per sample
+    encoded: Tensor  # (B*M, extra + T_keep, D): the encoder's output on the kept tokens
+    pred: Tensor  # (B*M, T, D): the decoder's prediction at every position
 
 
 class Student(nn.Module):
@@ -79,18 +82,27 @@ class Student(nn.Module):
         self.noise_std = config.decoder.mask_noise_std
         self.decoder_input_dropout = config.decoder.input_dropout
 
-    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor | None = None) -> StudentOutput:
-        """inputs: (B, ...); mask: (B*M, T) bool, True = masked, the same count in every row."""
+    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor) -> StudentOutput:
+        """inputs: (B, ...); mask: (B*M, T) bool, True = masked, the same count in every row;
+        noise_seeds: (B,) int64, one per sample."""
         info = MaskInfo.from_mask(mask)
-        lf = self.encoder.local_features(inputs)  # (B, T, D)
-        out = self.encoder.forward_masked(lf, info, self.num_masks, self.encoder.padding_mask(inputs))
-        x = F.dropout(out.x, self.decoder_input_dropout, self.training)
+        local_features = self.encoder.local_features(inputs)  # (B, T, D)
+        padding = self.encoder.local_encoder.padding_mask(inputs)
+        encoded = self.encoder.forward_masked(local_features, info, self.num_masks, padding).x
+        x = F.dropout(encoded, self.decoder_input_dropout, self.training)
         kept = x[:, self.encoder.num_extra_tokens:]  # (B*M, T_keep, D)
         N, T, D = mask.shape[0], mask.shape[1], kept.shape[-1]
-        noise = mask_noise(N, T - kept.shape[1], D, self.noise_std, self.num_masks, noise_seeds, kept.device)
+        noise = mask_noise(T - kept.shape[1], D, self.noise_std, self.num_masks, noise_seeds, kept.device)
         full = torch.cat([kept, noise.to(kept.dtype)], dim=1)  # (B*M, T, D) as [kept..., masked...]
         full = gather_tokens(full, info.ids_restore)  # back to the original token order
-        return StudentOutput(local_features=lf, pred=self.decoder(full), x=out.x)
+        return StudentOutput(local_features=local_features, encoded=encoded, pred=self.decoder(full))
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # the update's loss share of this micro-batch: summed, / the update's masked count
+    num_masked: Tensor  # masked tokens in this micro-batch
+    metrics: dict[str, Tensor]  # detached health metrics; empty unless asked for
 
 
 class Data2Vec2(nn.Module):
@@ -98,10 +110,12 @@ class Data2Vec2(nn.Module):
         super().__init__()
         self.config = config
         self.student = Student(encoder, decoder, config)
-        # Images: the teacher is a full EMA copy of the encoder, patch embedding and CLS included.
-        # Text and (by default) speech: a copy without the local encoder, fed the student's local
-        # features.
-        self.teacher = make_teacher(encoder, () if encoder.ema_local_encoder else encoder.local_encoder_modules)
+        # The teacher is an fp32 EMA copy of the encoder. Without `ema_local_encoder` (text, and
+        # the reference's audio) it has no copy of the local encoder's shareable parts and encodes
+        # the student's local features, detached.
+        local = encoder.local_encoder
+        shared = () if local.ema_local_encoder else tuple(f"local_encoder.{n}" for n in local.shareable)
+        self.teacher = make_teacher(encoder, shared)
         D = config.model.embed_dim
         self.loss_scale = config.loss.scale if config.loss.scale is not None else 1.0 / math.sqrt(D)
 
@@ -127,26 +141,32 @@ class Data2Vec2(nn.Module):
         return tau
 
     @torch.no_grad()
-    def targets(self, inputs: Tensor, local_features: Tensor | None = None) -> Tensor:
+    def forward_targets(self, inputs: Tensor, local_features: Tensor | None = None) -> Tensor:
         """Contextualised targets (B, T, D) in fp32, once per original sample (not per clone).
         `local_features` (B, T, D): the student's, for a teacher that shares the local encoder
         (computed here when not given)."""
-        t = self.config.targets
-        padding = self.encoder.padding_mask(inputs)  # (B, T) or None
-        if self.encoder.ema_local_encoder:
-            out = self.teacher(inputs)
+        targets = self.config.targets
+        padding = self.encoder.local_encoder.padding_mask(inputs)  # (B, T) or None
+        if self.encoder.local_encoder.ema_local_encoder:
+            out = self.teacher.forward_unmasked(self.teacher.local_features(inputs), padding)
         else:
             if local_features is None:
                 local_features = self.encoder.local_features(inputs)
-            out = self.teacher.forward_local(local_features.detach(), padding)
+            out = self.teacher.forward_unmasked(local_features.detach(), padding)
         extra = self.teacher.num_extra_tokens
-        layers = [normalize(f[:, extra:].float(), t.layer_norm, padding) for f in out.ffn[-t.top_k:]]
+        layers = [normalize(f[:, extra:].float(), targets.layer_norm, padding) for f in out.ffn[-targets.top_k:]]
         y = torch.stack(layers).mean(dim=0)  # (B, T, D)
-        return normalize(y, t.final_norm, padding)
+        return normalize(y, targets.final_norm, padding)
+
+    # -- student --------------------------------------------------------------------------
+    def forward_student(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor,
+                        student: nn.Module | None = None) -> StudentOutput:
+        """`student`: a wrapped copy of `self.student` (DDP, compiled) to run instead."""
+        return (student if student is not None else self.student)(inputs, mask, noise_seeds)
 
     # -- loss -----------------------------------------------------------------------------
-    def regression(self, pred: Tensor, target: Tensor) -> Tensor:
-        """Elementwise loss * scale, in fp32: L2 or (beta > 0) smooth L1."""
+    def elementwise_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """(pred - target)^2 * scale, or smooth L1 * scale with loss.beta > 0, in fp32."""
         pred = pred.float()
         beta = self.config.loss.beta
         if beta > 0:
@@ -155,69 +175,64 @@ class Data2Vec2(nn.Module):
             err = (pred - target) ** 2
         return err * self.loss_scale
 
-    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor | None = None,
-                student: nn.Module | None = None) -> dict[str, Tensor]:
-        """Returns the *summed* loss ("loss_sum"), the local masked-token count ("num_masked")
-        and detached health metrics. Pass `student` to run a DDP-wrapped copy of `self.student`."""
-        student = student if student is not None else self.student
+    def forward_loss(self, out: StudentOutput, targets: Tensor, mask: Tensor, update_masked: float,
+                     with_metrics: bool = False) -> LossOutput:
+        """The loss over the masked tokens of this micro-batch divided by `update_masked`, the
+        masked-token count of the whole update (all micro-batches, all processes), so that the
+        gradients of an update add up to those of its mean loss."""
         M = self.config.masking.num_masks
-        out: StudentOutput = student(inputs, mask, noise_seeds)
-        y = self.targets(inputs, out.local_features)  # (B, T, D)
-        y_rep = y.repeat_interleave(M, dim=0)  # (B*M, T, D), same sample-major order as the clones
-
+        y_rep = targets.repeat_interleave(M, dim=0)  # (B*M, T, D), the clones' sample-major order
         num_masked = mask.sum()
-        reg = self.regression(out.pred[mask], y_rep[mask]).sum()
+        reg = self.elementwise_loss(out.pred[mask], y_rep[mask]).sum()
         loss_sum = reg
-        metrics = {}
+        metrics: dict[str, Tensor] = {}
         cls_weight = self.config.loss.cls_weight
         if cls_weight > 0 and self.encoder.num_extra_tokens > 0:
-            # CLS loss (spec 1.7): the student's CLS output of each clone regresses the mean of the
-            # sample's final targets over tokens, weighted by cls_weight * (local masked count).
-            cls_target = y.mean(dim=1).repeat_interleave(M, dim=0)  # (B*M, D)
-            cls = self.regression(out.x[:, 0], cls_target).sum()
+            # CLS loss: the student's CLS output of each clone regresses the mean of the sample's
+            # final targets over tokens, weighted by cls_weight * (this micro-batch's masked count)
+            cls_target = targets.mean(dim=1).repeat_interleave(M, dim=0)  # (B*M, D)
+            cls = self.elementwise_loss(out.encoded[:, 0], cls_target).sum()
             loss_sum = loss_sum + cls * cls_weight * num_masked
-            metrics["cls_loss"] = cls.detach() / mask.shape[0]
-        metrics.update(
-            reg_loss=reg.detach() / num_masked,
-            target_std=channel_std(y),
-            pred_std=channel_std(out.pred[mask]),
-            # scale-free: the block after the local encoder normalises its input, so only a loss of
-            # variation across tokens is a collapse, not features that merely shrink (spec 10.13)
-            local_std=channel_std(F.layer_norm(out.local_features.detach().float(), out.local_features.shape[-1:])),
-            masked_fraction=num_masked.detach().float() / mask.numel(),
-        )
-        return {"loss_sum": loss_sum, "num_masked": num_masked, **metrics}
+            if with_metrics:
+                metrics["cls_loss"] = cls.detach() / mask.shape[0]
+        if with_metrics:
+            local = out.local_features.detach().float()
+            metrics.update(
+                reg_loss=reg.detach() / num_masked,
+                target_std=channel_std(targets),
+                pred_std=channel_std(out.pred[mask]),
+                # scale-free: the block after the local encoder normalises its input, so only a
+                # loss of variation across tokens is a collapse, not features that merely shrink
+                local_std=channel_std(F.layer_norm(local, local.shape[-1:])),
+                masked_fraction=num_masked.detach().float() / mask.numel(),
+            )
+        return LossOutput(loss=loss_sum / update_masked, num_masked=num_masked, metrics=metrics)
+
+    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor, update_masked: float | None = None,
+                student: nn.Module | None = None, with_metrics: bool = False) -> LossOutput:
+        """One micro-batch: student, targets, loss. `update_masked` defaults to this micro-batch's
+        own masked count (an update of one micro-batch on one process)."""
+        out = self.forward_student(inputs, mask, noise_seeds, student)
+        targets = self.forward_targets(inputs, out.local_features)
+        if update_masked is None:
+            update_masked = float(mask.sum())
+        return self.forward_loss(out, targets, mask, update_masked, with_metrics)
 
 
-def build_model(config: Config) -> Data2Vec2:
-    if config.model.modality == "image":
-        from .modalities.image import build_image_parts
-
-        encoder, decoder = build_image_parts(config)
-    elif config.model.modality == "audio":
-        from .modalities.audio import build_audio_parts
-
-        encoder, decoder = build_audio_parts(config)
-    elif config.model.modality == "text":
-        from .modalities.text import build_text_parts
-
-        encoder, decoder = build_text_parts(config)
-    else:  # pragma: no cover - validated earlier
-        raise ValueError(f"unknown modality {config.model.modality!r}")
-    return Data2Vec2(encoder, decoder, config)
+def build_encoder(model_config: ModelConfig, modality: "Modality") -> Encoder:
+    """The encoder of `model_config`: the modality's local encoder, then the shared path. Every
+    Linear, Embedding and LayerNorm gets the BERT init, then the local encoder its own."""
+    encoder = Encoder(model_config, modality.local_encoder(model_config))
+    encoder.apply(init_bert)
+    encoder.local_encoder.reset_parameters()
+    return encoder
 
 
-def build_encoder(config: Config) -> Encoder:
-    if config.model.modality == "image":
-        from .modalities.image import ImageEncoder
+def build_model(config: Config, modality: "Modality") -> Data2Vec2:
+    return Data2Vec2(build_encoder(config.model, modality), modality.decoder(config), config)
 
-        return ImageEncoder(config.model)
-    if config.model.modality == "audio":
-        from .modalities.audio import AudioEncoder
 
-        return AudioEncoder(config.model)
-    if config.model.modality == "text":
-        from .modalities.text import TextEncoder
-
-        return TextEncoder(config.model)
-    raise ValueError(f"unknown modality {config.model.modality!r}")  # pragma: no cover
+def random_encoder(model_config: ModelConfig, modality: "Modality", seed: int = 0) -> Encoder:
+    """A randomly initialised encoder of the same architecture (the baseline of every evaluation)."""
+    torch.manual_seed(seed)
+    return build_encoder(model_config, modality).eval()

@@ -1,0 +1,1 @@
+"""The data path every modality shares: seeded sample streams, the batch layout, the resumable sampler."""

@@ -1,47 +1,71 @@
-"""Batching for pre-training: masks are drawn here, inside the DataLoader workers.
+"""Batching for pre-training, the same for every modality: masks are drawn in the DataLoader
+workers, and every random draw of a sample comes from its own stream, seeded by (seed, epoch, sample
+index, stream). A sample therefore gets the same augmentation, masks and mask-token noise in a
+resumed run and in a run on any number of processes.
 
-Every random draw of a sample is seeded by (seed, epoch, sample index), so a sample gets the same
-augmentation, masks and mask-token noise in a resumed run, and in a run on any number of
-processes.
+A batch is a dict:
+    inputs      (B, ...)    the samples, stacked (images), cropped (audio) or padded (text)
+    mask        (B*M, T)    bool, True = masked; rows b*M .. b*M+M-1 belong to sample b
+    noise_seed  (B,)        int64, seeds the mask-token noise of each sample
+    index       (B,)        int64, the samples' dataset indices
+    errors      list[str]   messages of the samples that could not be read (left out)
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
 
 import numpy as np
 import torch
 
 from ..config import MaskingConfig
-from ..masking import make_masks
 
-MASK_STREAM, NOISE_STREAM = 1, 2  # sub-streams of np.random.default_rng([seed, epoch, index, stream])
+
+class Stream(IntEnum):
+    """The random streams of a sample: np.random.default_rng([seed, epoch, index, stream])."""
+
+    AUGMENT = 0  # image crops and flips
+    MASK = 1  # the M masks
+    NOISE = 2  # the seed of the mask-token noise
+    CROP = 3  # audio: the crop of a long file
+    BATCH_CROP = 4  # audio: the crop of each sample to the batch's shortest
+
+
+def sample_rng(seed: int, epoch: int, index: int, stream: Stream) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, int(index), int(stream)])
 
 
 class MaskingCollate:
-    def __init__(self, masking: MaskingConfig, grid: tuple[int, int], seed: int):
-        self.masking, self.grid, self.seed = masking, grid, seed
+    """The common part of every modality's collate: it keeps the epoch, leaves unreadable samples
+    out (reporting them), seeds each sample's streams and assembles the batch. A modality supplies
+    `inputs_and_masks`."""
+
+    def __init__(self, masking: MaskingConfig, seed: int):
+        self.masking, self.seed = masking, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __call__(self, samples: list[dict]) -> dict:
-        """samples: dicts with "index" and "image" (C, H, W) or "error" (an unreadable file).
+    def rng(self, index: int, stream: Stream) -> np.random.Generator:
+        return sample_rng(self.seed, self.epoch, index, stream)
 
-        Returns image (B, C, H, W), mask (B*M, T) bool with rows b*M .. b*M+M-1 for sample b,
-        noise_seed (B,), index (B,) and the error messages of the samples left out."""
-        good = [s for s in samples if "error" not in s]
-        errors = [s["error"] for s in samples if "error" in s]
-        m = self.masking
-        masks, seeds = [], []
-        for s in good:
-            key = [self.seed, self.epoch, int(s["index"])]
-            rng = np.random.default_rng(key + [MASK_STREAM])
-            masks.append(make_masks(m.kind, m.num_masks, self.grid, m.mask_prob, m.mask_length, m.mask_prob_adjust, rng))
-            seeds.append(np.random.default_rng(key + [NOISE_STREAM]).integers(2**62))
-        T = self.grid[0] * self.grid[1]
+    def inputs_and_masks(self, items: list[dict]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """items: readable samples {"index", "inputs"} -> (inputs (B, ...), B arrays (M, T) bool)."""
+        raise NotImplementedError
+
+    def __call__(self, items: list[dict]) -> dict:
+        good = [s for s in items if "error" not in s]
+        errors = [s["error"] for s in items if "error" in s]
+        if not good:
+            return {"inputs": torch.empty(0), "mask": torch.zeros(0, 0, dtype=torch.bool),
+                    "noise_seed": torch.zeros(0, dtype=torch.int64), "index": torch.zeros(0, dtype=torch.int64),
+                    "errors": errors}
+        inputs, masks = self.inputs_and_masks(good)
+        seeds = [self.rng(s["index"], Stream.NOISE).integers(2**62) for s in good]
         return {
-            "image": torch.stack([s["image"] for s in good]) if good else torch.empty(0),
-            "mask": torch.from_numpy(np.concatenate(masks)) if masks else torch.zeros(0, T, dtype=torch.bool),
+            "inputs": inputs,
+            "mask": torch.from_numpy(np.concatenate(masks)),
             "noise_seed": torch.tensor(seeds, dtype=torch.int64),
             "index": torch.tensor([int(s["index"]) for s in good], dtype=torch.int64),
             "errors": errors,

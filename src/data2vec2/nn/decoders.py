@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class _ChannelLayerNorm(nn.Module):
+class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel axis (axis 1) of (N, C, ...) without affine parameters."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
@@ -24,7 +24,7 @@ class _ChannelLayerNorm(nn.Module):
 
 
 def _conv_stage(conv: nn.Module, channels: int) -> nn.Sequential:
-    return nn.Sequential(conv, _ChannelLayerNorm(channels), nn.GELU())
+    return nn.Sequential(conv, ChannelLayerNorm(channels), nn.GELU())
 
 
 class Decoder1d(nn.Module):

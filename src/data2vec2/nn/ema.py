@@ -24,8 +24,9 @@ def make_teacher(student_part: nn.Module, leave_out: tuple[str, ...] = ()) -> nn
     """An fp32 copy of `student_part` that never receives gradients and always runs in eval mode.
     The submodules named in `leave_out` are not copied (the teacher shares the student's)."""
     teacher = copy.deepcopy(student_part).float()
-    for name in leave_out:
-        setattr(teacher, name, None)
+    for name in leave_out:  # dotted paths, e.g. "local_encoder.feature_extractor"
+        parent, _, child = name.rpartition(".")
+        setattr(teacher.get_submodule(parent) if parent else teacher, child, None)
     teacher.requires_grad_(False)
     teacher.eval()
     return teacher

@@ -1,4 +1,5 @@
-"""Audio sources and the pre-training dataset and collate for speech.
+"""Audio data: sources (a folder or a TSV manifest), decoding and resampling, and the pre-training
+pipeline (1-D masks drawn in the DataLoader workers, batches bucketed by length).
 
     file (WAV / FLAC / OGG, any rate, any channels) -> mono float32 -> 16 kHz (soxr)
       -> zero mean, unit variance per utterance -> random crop to data.max_samples (seeded)
@@ -12,21 +13,33 @@ root folder, then one `path[<TAB>num_samples_at_16k[<TAB>...]]` line per file.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import MaskingConfig
-from ..errors import DataError
-from ..masking import block_mask_1d
-from .collate import MASK_STREAM, NOISE_STREAM
+from ...config import Config
+from ...data.collate import MaskingCollate, Stream, sample_rng
+from ...errors import DataError
+from ...masking import block_mask_1d, random_mask
+from ...modality import PretrainingData
+from .encoder import num_frames, step_flops
 
 SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
-CROP_STREAM, BATCH_CROP_STREAM = 3, 4
+
+
+@dataclass
+class AudioDataSettings:
+    """The audio keys of `data`: samples at 16 kHz; shorter files are dropped (and counted),
+    longer ones randomly cropped."""
+
+    min_samples: int = 32_000
+    max_samples: int = 320_000
 
 
 def _reason(e: Exception) -> str:
@@ -147,7 +160,7 @@ def random_crop(wave: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
 
 
 class PretrainAudioDataset(Dataset):
-    """Sample i -> {"index", "wave": float32 (L,)} or {"index", "error"} for an unreadable file."""
+    """Sample i -> {"index", "inputs": float32 (L,)} or {"index", "error"} for an unreadable file."""
 
     def __init__(self, source: AudioSource, max_samples: int, seed: int):
         self.source, self.max_samples, self.seed = source, max_samples, seed
@@ -164,43 +177,47 @@ class PretrainAudioDataset(Dataset):
             wave = normalize(load_audio(self.source.paths[i]))
         except DataError as e:
             return {"index": i, "error": str(e)}
-        rng = np.random.default_rng([self.seed, self.epoch, i, CROP_STREAM])
-        return {"index": i, "wave": torch.from_numpy(random_crop(wave, self.max_samples, rng).copy())}
+        rng = sample_rng(self.seed, self.epoch, i, Stream.CROP)
+        return {"index": i, "inputs": torch.from_numpy(random_crop(wave, self.max_samples, rng).copy())}
 
 
-class AudioMaskingCollate:
-    """Crops a batch to its shortest sample and draws 1-D block masks per sample (in workers),
-    seeded by (seed, epoch, index) like the image collate."""
+class AudioMaskingCollate(MaskingCollate):
+    """Crops a batch to its shortest sample (no padding), then draws each sample's M masks for the
+    resulting frame count: 1-D blocks ("block", the reference) or random frames ("random")."""
 
-    def __init__(self, masking: MaskingConfig, num_frames, seed: int):
-        self.masking, self.num_frames, self.seed = masking, num_frames, seed
-        self.epoch = 0
+    def __init__(self, masking, num_frames, seed: int):
+        super().__init__(masking, seed)
+        self.num_frames = num_frames
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __call__(self, samples: list[dict]) -> dict:
-        """Returns wave (B, L), mask (B*M, T) bool (rows b*M .. b*M+M-1 for sample b),
-        noise_seed (B,), index (B,) and the error messages of the samples left out."""
-        good = [s for s in samples if "error" not in s]
-        errors = [s["error"] for s in samples if "error" in s]
+    def inputs_and_masks(self, items: list[dict]) -> tuple[torch.Tensor, list[np.ndarray]]:
         m = self.masking
-        L = min((len(s["wave"]) for s in good), default=0)
-        T = self.num_frames(L) if good else 0
-        waves, masks, seeds = [], [], []
-        for s in good:
-            key = [self.seed, self.epoch, int(s["index"])]
-            crop_rng = np.random.default_rng(key + [BATCH_CROP_STREAM])
-            w = s["wave"]
-            start = int(crop_rng.integers(0, len(w) - L + 1))
+        L = min(len(s["inputs"]) for s in items)
+        T = self.num_frames(L)
+        waves, masks = [], []
+        for s in items:
+            w = s["inputs"]
+            start = int(self.rng(s["index"], Stream.BATCH_CROP).integers(0, len(w) - L + 1))
             waves.append(w[start:start + L])
-            rng = np.random.default_rng(key + [MASK_STREAM])
-            masks.append(block_mask_1d(m.num_masks, T, m.mask_prob, m.mask_length, m.mask_prob_adjust, rng))
-            seeds.append(np.random.default_rng(key + [NOISE_STREAM]).integers(2**62))
-        return {
-            "wave": torch.stack(waves) if waves else torch.empty(0),
-            "mask": torch.from_numpy(np.concatenate(masks)) if masks else torch.zeros(0, T, dtype=torch.bool),
-            "noise_seed": torch.tensor(seeds, dtype=torch.int64),
-            "index": torch.tensor([int(s["index"]) for s in good], dtype=torch.int64),
-            "errors": errors,
-        }
+            rng = self.rng(s["index"], Stream.MASK)
+            if m.kind == "random":
+                masks.append(random_mask(m.num_masks, T, m.mask_prob, rng))
+            else:
+                masks.append(block_mask_1d(m.num_masks, T, m.mask_prob, m.mask_length, m.mask_prob_adjust, rng))
+        return torch.stack(waves), masks  # (B, L)
+
+
+def pretraining_data(config: Config) -> PretrainingData:
+    data = config.data
+    source = open_audio_source(data.train, min_samples=data.min_samples, on_bad_file=data.on_bad_file)
+    if data.limit > 0:
+        source.paths, source.lengths = source.paths[:data.limit], source.lengths[:data.limit]
+    if source.dropped_short or source.dropped_bad:
+        print(f"[data2vec2] {data.train}: dropped {source.dropped_short} files shorter than {data.min_samples} "
+              f"samples and {source.dropped_bad} unreadable files", file=sys.stderr)
+    lengths = [min(n, data.max_samples) for n in source.lengths]
+    # FLOPs at the mean (cropped) length: bucketed batches are cropped to about that on average
+    return PretrainingData(dataset=PretrainAudioDataset(source, data.max_samples, config.train.seed),
+                           collate=AudioMaskingCollate(config.masking, partial(num_frames, config.model.audio.conv_layers),
+                                                       config.train.seed),
+                           step_flops=step_flops(config, config.train.batch_size, int(np.mean(lengths))),
+                           lengths=lengths)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 
 LINUX_DOC = Path("/usr/share/doc/linux-doc-6.1")
 PYTHON_DOC = Path("usr/share/doc/python3.11/html/_sources")  # inside an extracted python3.11-doc

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import torch
 
-from .config import load_config
-from .data.fashion_mnist import prepare_fashion_mnist
-from .data.images import open_image_source
-from .eval.features import pixel_features
-from .eval.image_eval import evaluate_encoder, random_encoder
-from .eval.knn import knn_accuracy
-from .eval.probe import linear_probe
-from .export import export_encoder
-from .train.logger import read_metrics
-from .train.loop import pick_dtype, pretrain
+from ...config import load_config
+from ...eval.knn import knn_accuracy
+from ...eval.probe import linear_probe
+from ...export import load_encoder_and_config
+from ...model import random_encoder
+from ...train.logger import read_metrics
+from ...train.loop import pretrain
+from ...train.setup import pick_dtype
+from .data import open_image_source
+from .evaluate import evaluate_encoder, pixel_features
+from .fashion_mnist import prepare_fashion_mnist
 
 
 def plot_loss(metrics_file: Path, out_png: Path) -> None:
@@ -32,9 +33,10 @@ def plot_loss(metrics_file: Path, out_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_file)
+    health = [r for r in rows if "reg_loss" in r]  # a stop on the time budget logs the loss only
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="total loss")
-    ax.plot([r["step"] for r in rows], [r["reg_loss"] for r in rows], label="regression loss (masked tokens)")
+    ax.plot([r["step"] for r in health], [r["reg_loss"] for r in health], label="regression loss (masked tokens)")
     ax.set_xlabel("update")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -45,10 +47,11 @@ def plot_loss(metrics_file: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
-def run_demo(out: str | Path = "runs/demo", overrides: list[str] | None = None, resume: bool = False,
+def run_demo(modality, out: str | Path = "runs/demo", overrides: list[str] | None = None, resume: bool = False,
              progress: bool = True) -> dict:
+    """`modality`: the image record (the demo pre-trains and evaluates through it)."""
     out = Path(out)
-    config = load_config("image-tiny", list(overrides or []))
+    config = load_config("image-tiny", list(overrides or []), modalities={modality.name: modality})
     cache = Path(config.data.cache_dir)
     print(f"[demo] preparing Fashion-MNIST into {cache}", flush=True)
     prepare_fashion_mnist(cache, progress=progress)
@@ -59,17 +62,13 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] | None = None, 
     print(f"[demo] pre-training {config.name} for {config.train.max_steps} updates "
           f"(at most {config.train.time_budget_s:.0f} s)", flush=True)
     t0 = time.perf_counter()
-    result = pretrain(config, run_dir, resume=resume, progress=progress)
+    result = pretrain(config, run_dir, modality, resume=resume, progress=progress)
     pretrain_seconds = time.perf_counter() - t0
     rows = read_metrics(run_dir / "metrics.jsonl")
     images_per_second = sum(r["samples_per_s"] for r in rows) / len(rows)
 
-    from .eval.image_eval import load_encoder_any
-
-    encoder, _ = load_encoder_any(run_dir)
-    export_dir = export_encoder(encoder, config.model, out / "export",
-                                extra={"data": {"channels": config.data.channels, "mean": list(config.data.mean),
-                                                "std": list(config.data.std), "cache_dir": config.data.cache_dir}})
+    encoder, _ = load_encoder_and_config(run_dir, {modality.name: modality})
+    export_dir = modality.export(encoder, config, out / "export")  # what `data2vec2 export` writes
 
     train_spec, test_spec = "fashion-mnist:train", "fashion-mnist:test"
     # Features in bf16 where the CPU is fast at it (as in training); the probe itself is fp32.
@@ -78,7 +77,7 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] | None = None, 
     pre = evaluate_encoder(encoder, config, train_spec, test_spec, progress=progress, bf16=bf16)
     print(f"[demo]   pre-trained: probe {pre['probe_acc']:.4f}, kNN {pre['knn_acc']:.4f}", flush=True)
     print("[demo] the same on a randomly initialised encoder", flush=True)
-    rnd = evaluate_encoder(random_encoder(config.model, seed=config.train.seed), config, train_spec, test_spec,
+    rnd = evaluate_encoder(random_encoder(config.model, modality, seed=config.train.seed), config, train_spec, test_spec,
                            progress=progress, bf16=bf16)
     print(f"[demo]   random init: probe {rnd['probe_acc']:.4f}, kNN {rnd['knn_acc']:.4f}", flush=True)
     print("[demo] the same on raw pixels", flush=True)

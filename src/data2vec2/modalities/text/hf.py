@@ -1,6 +1,6 @@
 """Export of the text encoder as a Hugging Face `transformers` RoBERTa model directory.
 
-RoBERTa's architecture is ours (spec 3.4): token + learned position embeddings (positions start at
+RoBERTa's architecture is ours (the paper's text encoder follows RoBERTa): token + learned position embeddings (positions start at
 pad + 1 = 2) -> LayerNorm -> post-LN blocks with exact GELU. What the mapping does:
 
     token_embed / pos_embed / embed_norm -> embeddings.{word,position}_embeddings / LayerNorm
@@ -18,16 +18,17 @@ The pooler is not exported (the pre-trained model has none): transformers initia
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..config import Config, ModelConfig, _update, config_to_dict
-from ..data.text import PAD
-from ..errors import DataError
+from ... import __version__
+from ...config import ModelConfig, config_to_dict
+from ...errors import DataError
+from ...export import write_json, write_safetensors
+from .encoder import PAD
 
 FORMAT = "data2vec2-text-hf"
 
@@ -47,11 +48,11 @@ def hf_config(cfg: ModelConfig) -> dict:
 def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     D = cfg.embed_dim
     out = {
-        "embeddings.word_embeddings.weight": state["token_embed.weight"],
-        "embeddings.position_embeddings.weight": state["pos_embed.weight"],
+        "embeddings.word_embeddings.weight": state["local_encoder.token_embed.weight"],
+        "embeddings.position_embeddings.weight": state["local_encoder.pos_embed.weight"],
         "embeddings.token_type_embeddings.weight": torch.zeros(1, D),
-        "embeddings.LayerNorm.weight": state["embed_norm.weight"],
-        "embeddings.LayerNorm.bias": state["embed_norm.bias"],
+        "embeddings.LayerNorm.weight": state["local_encoder.embed_norm.weight"],
+        "embeddings.LayerNorm.bias": state["local_encoder.embed_norm.bias"],
     }
     for i in range(cfg.depth):
         src, dst = f"blocks.{i}.", f"encoder.layer.{i}."
@@ -68,14 +69,14 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
     return {k: v.detach().float().contiguous().cpu() for k, v in out.items()}
 
 
-def from_hf_state(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def from_hf_state(hf: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
     out = {
-        "token_embed.weight": hf["embeddings.word_embeddings.weight"],
-        "pos_embed.weight": hf["embeddings.position_embeddings.weight"],
-        "embed_norm.weight": hf["embeddings.LayerNorm.weight"],
-        "embed_norm.bias": hf["embeddings.LayerNorm.bias"],
+        "local_encoder.token_embed.weight": hf["embeddings.word_embeddings.weight"],
+        "local_encoder.pos_embed.weight": hf["embeddings.position_embeddings.weight"],
+        "local_encoder.embed_norm.weight": hf["embeddings.LayerNorm.weight"],
+        "local_encoder.embed_norm.bias": hf["embeddings.LayerNorm.bias"],
     }
-    for i in range(cfg.depth):
+    for i in range(depth):
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
         for kind in ("weight", "bias"):
             out[f"{dst}attn.qkv.{kind}"] = torch.cat([hf[f"{src}attention.self.{n}.{kind}"] for n in ("query", "key", "value")])
@@ -101,42 +102,29 @@ def write_tokenizer(tokenizer_file: str | Path, out: Path, max_length: int) -> N
         {k: config[k] for k in ("bos_token", "eos_token", "sep_token", "cls_token", "unk_token", "pad_token")}, indent=2))
 
 
-def export_text_hf(encoder: torch.nn.Module, cfg: ModelConfig, tokenizer_file: str | Path, out_dir: str | Path) -> Path:
+def export_text_hf(encoder: torch.nn.Module, config, out_dir: str | Path) -> Path:
+    """The text encoder as a `transformers` RoBERTa folder, with the run's tokenizer."""
+    cfg = config.model
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from .. import __version__
-
-    state = to_hf_state(encoder.state_dict(), cfg)
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
+    write_safetensors(to_hf_state(encoder.state_dict(), cfg), out / "model.safetensors", {"format": "pt"})
     meta = hf_config(cfg) | {"data2vec2": {"format": FORMAT, "version": __version__, "model": config_to_dict(cfg)}}
-    (out / "config.json").write_text(json.dumps(meta, indent=2))
-    write_tokenizer(tokenizer_file, out, cfg.text.max_positions)
+    write_json(out / "config.json", meta)
+    write_tokenizer(config.data.tokenizer, out, cfg.text.max_positions)
     return out
 
 
-def is_text_hf_export(folder: Path) -> bool:
-    try:
-        meta = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(meta.get("data2vec2"), dict) and meta["data2vec2"].get("format") == FORMAT
-
-
-def load_text_hf(folder: str | Path) -> tuple[torch.nn.Module, Config]:
-    """Our TextEncoder (eval mode) and a Config whose data.tokenizer is the export's tokenizer."""
-    from .text import TextEncoder
-
-    folder = Path(folder)
-    meta = json.loads((folder / "config.json").read_text())
-    config = Config()
-    _update(config.model, meta["data2vec2"]["model"], "model.")
-    config.data.tokenizer = str(folder / "tokenizer.json")
-    encoder = TextEncoder(config.model)
+def read_text_hf(folder: Path, meta: dict) -> tuple[dict, dict]:
+    """(our encoder's state dict, the data keys) of a folder written by `export_text_hf`."""
+    if meta["data2vec2"].get("format") != FORMAT:
+        raise DataError(f"{folder / 'config.json'}: unknown export format {meta['data2vec2'].get('format')!r}")
     try:
         hf = load_file(str(folder / "model.safetensors"))
     except Exception as e:
         raise DataError(f"cannot read {folder / 'model.safetensors'}: {e}") from None
-    encoder.load_state_dict(from_hf_state(hf, config.model))
-    return encoder.eval(), config
+    depth = meta["data2vec2"]["model"]["depth"]
+    try:
+        state = from_hf_state(hf, depth)
+    except KeyError as e:
+        raise DataError(f"{folder / 'model.safetensors'}: no tensor {e} (not a text export of this depth)") from None
+    return state, {"tokenizer": str(folder / "tokenizer.json")}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .probe import linear_probe
-from .speech import LabelledClips, pooled_features
+from ...eval.probe import linear_probe
+from .evaluate import LabelledClips, pooled_features
 
 
 def evaluate_kws(encoders: dict, train: LabelledClips, test: LabelledClips, seed: int = 0) -> dict:

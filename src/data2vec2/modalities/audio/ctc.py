@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..nn.blocks import Attention, Mlp
-from .speech import LabelledClips, pad_batch
+from ...nn.blocks import Attention, Mlp
+from .evaluate import LabelledClips, pad_batch
 
 BLANK = 0
 VOCAB = ["<blank>", " ", "'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
@@ -91,15 +91,15 @@ class CTCModel(nn.Module):
         """Log-probabilities (B, T, V). frame_mask (B, T) / channel_mask (B, D): True = masked."""
         enc = self.encoder
         with torch.no_grad():  # the CNN stays frozen (feature_grad_mult 0)
-            feats = enc.feature_extractor(wave).transpose(1, 2)  # (B, T, C)
-        x = enc.project_features(feats)  # (B, T, D)
+            feats = enc.local_encoder.feature_extractor(wave).transpose(1, 2)  # (B, T, C)
+        x = enc.local_encoder.project_features(feats)  # (B, T, D)
         if frame_mask is not None:
             noise = torch.randn_like(x) * 0.01
             x = torch.where(frame_mask.unsqueeze(-1), noise, x)
         if channel_mask is not None:
             x = x.masked_fill(channel_mask.unsqueeze(1), 0.0)
         x = x.masked_fill(padding.unsqueeze(-1), 0.0)
-        x = enc.forward_local(x, padding if padding.any() else None).x
+        x = enc.forward_unmasked(x, padding if padding.any() else None).x
         return F.log_softmax(self.head(x).float(), dim=-1)
 
 
@@ -137,7 +137,7 @@ def finetune_ctc(encoder, train: LabelledClips, cfg: CTCConfig, progress: bool =
         if isinstance(m, Mlp):
             m.dropout.p = cfg.activation_dropout
     enc.cfg.prenet_dropout = 0.0
-    enc.feature_extractor.requires_grad_(False)
+    enc.local_encoder.feature_extractor.requires_grad_(False)
     model = CTCModel(enc)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
@@ -149,14 +149,14 @@ def finetune_ctc(encoder, train: LabelledClips, cfg: CTCConfig, progress: bool =
     bar = tqdm(range(cfg.steps), desc="ctc", disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = next(batches)
-        wave, padding, frames = pad_batch([train.waves[i] for i in idx], enc.num_frames)
+        wave, padding, frames = pad_batch([train.waves[i] for i in idx], enc.local_encoder.num_frames)
         B, T = padding.shape
         fmask = span_mask(B, T, cfg.mask_prob, cfg.mask_length, rng, frames) if cfg.mask_prob > 0 else None
         cmask = (span_mask(B, enc.cfg.embed_dim, cfg.mask_channel_prob, cfg.mask_channel_length, rng)
                  if cfg.mask_channel_prob > 0 else None)
         frozen = step < cfg.freeze_steps
         for n, p in enc.named_parameters():
-            p.requires_grad_(not frozen and not n.startswith("feature_extractor."))
+            p.requires_grad_(not frozen and not n.startswith("local_encoder.feature_extractor."))
         lp = model(wave, padding, fmask, cmask)  # (B, T, V)
         tgt = [targets[i] for i in idx]
         loss = F.ctc_loss(lp.transpose(0, 1), torch.cat(tgt), frames, torch.tensor([len(t) for t in tgt]),
@@ -177,7 +177,7 @@ def transcribe(model: CTCModel, clips: LabelledClips, batch_size: int = 16) -> l
     out: list[str] = [""] * len(clips.waves)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        wave, padding, frames = pad_batch([clips.waves[i] for i in idx], model.encoder.num_frames)
+        wave, padding, frames = pad_batch([clips.waves[i] for i in idx], model.encoder.local_encoder.num_frames)
         for i, text in zip(idx, greedy_decode(model(wave, padding), frames)):
             out[i] = text
     return out

@@ -1,4 +1,5 @@
-"""Image sources, augmentations and datasets for image pre-training and evaluation.
+"""Image data: sources (Fashion-MNIST, any folder of images), augmentations, datasets, and the
+pre-training pipeline (inverse block masks drawn in the DataLoader workers).
 
 Images travel as numpy arrays ``uint8 (H, W, C)`` until :func:`to_tensor` turns them into
 normalised ``float32 (C, H, W)`` tensors. Every random draw comes from a ``np.random.Generator``
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from data2vec2.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
-from data2vec2.errors import ConfigError, DataError
+from ...config import Config
+from ...data.collate import MaskingCollate, Stream, sample_rng
+from ...errors import ConfigError, DataError
+from ...masking import make_masks
+from ...modality import PretrainingData
+from .encoder import step_flops
+from .fashion_mnist import CLASS_NAMES, load_fashion_mnist, prepare_fashion_mnist
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,6 +38,17 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 _BICUBIC = Image.Resampling.BICUBIC
+
+
+@dataclass
+class ImageDataSettings:
+    """The image keys of `data`: channels and normalisation of the inputs, the augmentation."""
+
+    channels: int = 3
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,7 +348,7 @@ class EvalTransform:
 class PretrainImageDataset(Dataset):
     """Augmented images for pre-training; unreadable images come back as error entries.
 
-    Sample ``i`` of epoch ``e`` always uses ``np.random.default_rng([seed, e, i, 0])``, so its
+    Sample ``i`` of epoch ``e`` always uses its own ``Stream.AUGMENT`` generator, so its
     augmentation is the same whichever worker or process loads it. Call :meth:`set_epoch`
     before each epoch (with non-persistent DataLoader workers, which copy the dataset).
     """
@@ -348,14 +366,14 @@ class PretrainImageDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, i: int) -> dict:
-        """``{"index": i, "image": (C, S, S)}`` or ``{"index": i, "error": message}``."""
+        """``{"index": i, "inputs": (C, S, S)}`` or ``{"index": i, "error": message}``."""
         i = int(i)
-        rng = np.random.default_rng([self.seed, self.epoch, i, 0])
+        rng = sample_rng(self.seed, self.epoch, i, Stream.AUGMENT)
         try:
             img = self.source.get(i)
         except DataError as e:
             return {"index": i, "error": str(e)}
-        return {"index": i, "image": self.transform(img, rng)}
+        return {"index": i, "inputs": self.transform(img, rng)}
 
 
 class EvalImageDataset(Dataset):
@@ -370,3 +388,56 @@ class EvalImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         i = int(i)
         return self.transform(self.source.get(i)), self.source.label(i)
+
+
+class FirstN(ImageSource):
+    """The first `n` images of a source (data.limit)."""
+
+    def __init__(self, source: ImageSource, n: int):
+        self.source, self.n = source, min(n, len(source))
+        self.class_names = source.class_names
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get(self, i: int):
+        return self.source.get(i)
+
+    def label(self, i: int) -> int:
+        return self.source.label(i)
+
+    def path(self, i: int) -> str:
+        return self.source.path(i)
+
+
+def open_source(config: Config, spec: str) -> ImageSource:
+    """An image source, preparing Fashion-MNIST into the cache on first use."""
+    if spec.startswith("fashion-mnist:"):
+        prepare_fashion_mnist(Path(config.data.cache_dir), progress=False)
+    return open_image_source(spec, Path(config.data.cache_dir), config.data.channels)
+
+
+class ImageMaskingCollate(MaskingCollate):
+    """Stacks the augmented images and draws each image's M masks on the patch grid."""
+
+    def __init__(self, masking, grid: tuple[int, int], seed: int):
+        super().__init__(masking, seed)
+        self.grid = grid
+
+    def inputs_and_masks(self, items: list[dict]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        m = self.masking
+        masks = [make_masks(m.kind, m.num_masks, self.grid, m.mask_prob, m.mask_length, m.mask_prob_adjust,
+                            self.rng(s["index"], Stream.MASK)) for s in items]
+        return torch.stack([s["inputs"] for s in items]), masks  # (B, C, H, W)
+
+
+def pretraining_data(config: Config) -> PretrainingData:
+    data, settings = config.data, config.model.image
+    source = open_source(config, data.train)
+    if data.limit > 0:
+        source = FirstN(source, data.limit)
+    transform = TrainTransform(settings.image_size, data.mean, data.std, scale=data.crop_scale, hflip=data.hflip)
+    grid = settings.image_size // settings.patch_size
+    return PretrainingData(dataset=PretrainImageDataset(source, transform, config.train.seed),
+                           collate=ImageMaskingCollate(config.masking, (grid, grid), config.train.seed),
+                           step_flops=step_flops(config, config.train.batch_size))

@@ -1,4 +1,4 @@
-"""Shared pieces of the speech evaluations: labelled clips, padded batches, encoder features."""
+"""Shared pieces of the audio evaluations: labelled clips, padded batches, encoder features."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.audio import load_audio, normalize, open_audio_source
-from ..errors import DataError
+from ...errors import DataError
+from .data import load_audio, normalize, open_audio_source
 
 
 @dataclass
@@ -51,10 +51,10 @@ def pad_batch(waves: list[np.ndarray], num_frames) -> tuple[Tensor, Tensor, Tens
 def encode(encoder, wave: Tensor, padding: Tensor | None) -> Tensor:
     """Unmasked encoder output (B, T, D) of a padded batch; padded frames are zeroed before the
     position convolution and ignored by attention."""
-    lf = encoder.local_features(wave)
+    local_features = encoder.local_features(wave)
     if padding is not None:
-        lf = lf.masked_fill(padding.unsqueeze(-1), 0.0)
-    return encoder.forward_local(lf, padding if padding is not None and padding.any() else None).x
+        local_features = local_features.masked_fill(padding.unsqueeze(-1), 0.0)
+    return encoder.forward_unmasked(local_features, padding if padding is not None and padding.any() else None).x
 
 
 @torch.no_grad()
@@ -65,7 +65,7 @@ def pooled_features(encoder, waves: list[np.ndarray], batch_size: int = 32) -> T
     out = torch.zeros(len(waves), encoder.cfg.embed_dim)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        wave, padding, frames = pad_batch([waves[i] for i in idx], encoder.num_frames)
+        wave, padding, frames = pad_batch([waves[i] for i in idx], encoder.local_encoder.num_frames)
         x = encode(encoder, wave, padding)
         keep = (~padding).unsqueeze(-1).float()
         out[torch.as_tensor(idx)] = (x * keep).sum(1) / frames[:, None].float()

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config
-from ..data.text import PAD, load_tokenizer
-from ..errors import DataError
+from ...config import Config
+from ...errors import DataError
+from .data import load_tokenizer
+from .encoder import PAD
 
 # GLUE column names, tried in this order when --text-columns is not given
 KNOWN_TEXT_COLUMNS = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
@@ -223,10 +224,9 @@ def finetune(encoder: nn.Module, train: Split, evals: list[Split], *, num_output
 
 def finetune_compare(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv: str, test_tsv: str | None = None, *,
                      text_columns: tuple[str, ...] | None = None, label_column: str | None = None,
-                     recipe: Recipe | None = None, baseline: bool = True, progress: bool = True) -> dict:
-    """Fine-tune `encoder` (and, with `baseline`, a randomly initialised twin) on a TSV task."""
-    from ..modalities.text import TextEncoder
-
+                     recipe: Recipe | None = None, baseline: nn.Module | None = None, progress: bool = True) -> dict:
+    """Fine-tune `encoder` (and `baseline`, its randomly initialised twin, with the same recipe) on a
+    TSV task."""
     recipe = recipe or Recipe()
     if recipe.threads > 0:
         torch.set_num_threads(recipe.threads)
@@ -259,9 +259,8 @@ def finetune_compare(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv
                        **{f"num_{s.name}": len(s.ids) for s in evals}},
               "recipe": recipe.__dict__}
     runs = [("pretrained", encoder)]
-    if baseline:
-        torch.manual_seed(recipe.seed)
-        runs.append(("random_init", TextEncoder(copy.deepcopy(config.model))))
+    if baseline is not None:
+        runs.append(("random_init", baseline))
     for name, enc in runs:
         result[name] = finetune(copy.deepcopy(enc), train_split, evals, num_outputs=num_outputs,
                                 regression=regression, recipe=recipe, progress=progress, desc=name)

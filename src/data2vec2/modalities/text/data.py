@@ -1,5 +1,5 @@
 """Text data: reading text files into documents, a byte-level BPE tokenizer, a memory-mapped token
-cache and the pre-training blocks (spec 3.4).
+cache, the pre-training blocks and their random masks (drawn in the DataLoader workers).
 
     files -> documents (a whole file, or each blank-line-separated paragraph)
           -> BPE ids + </s> per document, concatenated into one stream   tokens.bin (uint16/uint32)
@@ -23,10 +23,20 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ...config import Config
+from ...data.collate import MaskingCollate, Stream
+from ...errors import ConfigError, DataError
+from ...masking import num_masked
+from ...modality import PretrainingData
+from .encoder import BOS, EOS, PAD, SPECIAL_TOKENS, step_flops
 
-BOS, PAD, EOS, UNK = 0, 1, 2, 3
-SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+@dataclass
+class TextDataSettings:
+    """The text keys of `data`."""
+
+    tokenizer: str = ""  # a byte-level BPE tokenizer file (tokenizer.json); "": train one on data.train
+    documents: str = "paragraph"  # a document is a blank-line-separated paragraph | a whole file
 PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
 
 
@@ -250,4 +260,68 @@ class TokenBlocks(torch.utils.data.Dataset):
         return torch.cat([torch.tensor([BOS]), body])  # (length,)
 
     def __getitem__(self, i: int) -> dict:
-        return {"index": i, "tokens": self.block(i)}
+        return {"index": i, "inputs": self.block(i)}
+
+
+def text_masks(num_masks: int, valid_lengths: list[int], length: int, mask_prob: float,
+               rngs: list[np.random.Generator]) -> np.ndarray:
+    """Random (MAE-style) masks for a batch, (B*M, length) bool, rows b*M .. b*M+M-1 for sample b.
+
+    Only the first `valid_lengths[b]` positions of sample b may be masked: padding never enters
+    the loss (a deliberate fix; the reference's `random_masking` masks padding too). Every row masks
+    the same count, that of the shortest sample."""
+    count = num_masked("random", min(valid_lengths), mask_prob)
+    masks = np.zeros((len(valid_lengths) * num_masks, length), dtype=bool)
+    for b, (valid, rng) in enumerate(zip(valid_lengths, rngs)):
+        for m in range(num_masks):
+            masks[b * num_masks + m, rng.permutation(valid)[:count]] = True
+    return masks
+
+
+class TextMaskingCollate(MaskingCollate):
+    """Pads token blocks on the right with <pad> and draws each sample's M random masks over its
+    non-padding tokens. (Bad files are dealt with when the token cache is built.)"""
+
+    def inputs_and_masks(self, items: list[dict]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        T = max(len(s["inputs"]) for s in items)
+        tokens = torch.full((len(items), T), PAD, dtype=torch.long)  # (B, T)
+        for b, s in enumerate(items):
+            tokens[b, :len(s["inputs"])] = s["inputs"]
+        valid = [int((tokens[b] != PAD).sum()) for b in range(len(items))]
+        rngs = [self.rng(s["index"], Stream.MASK) for s in items]
+        masks = text_masks(self.masking.num_masks, valid, T, self.masking.mask_prob, rngs)  # (B*M, T)
+        return tokens, list(masks.reshape(len(items), self.masking.num_masks, T))
+
+
+def prepare_token_cache(config: Config, progress: bool = True) -> tuple[Path, Path]:
+    """(tokenizer file, token cache folder) for data.train, building what is missing. The resolved
+    tokenizer path is written back into config.data.tokenizer so runs and exports find it."""
+    data, settings = config.data, config.model.text
+    cache = Path(data.cache_dir)
+    files = find_text_files(data.train, cache)
+    tokenizer = ensure_tokenizer(data.tokenizer, files, settings.vocab_size, cache, data.documents,
+                                 data.on_bad_file).resolve()
+    size = load_tokenizer(tokenizer).get_vocab_size()
+    if size > settings.vocab_size:
+        raise ConfigError(f"model.text.vocab_size={settings.vocab_size} is smaller than the tokenizer's {size} tokens "
+                          f"({tokenizer})")
+    config.data.tokenizer = str(tokenizer)
+    folder = tokenize_files(files, tokenizer, cache, data.documents, data.on_bad_file, progress=progress)
+    return tokenizer, folder
+
+
+def pretraining_data(config: Config) -> PretrainingData:
+    _, folder = prepare_token_cache(config)
+    _, meta = open_tokens(folder)
+    if meta["bad_files"] and config.data.on_bad_file == "stop":
+        raise DataError(f"{meta['bad_files'][0]} (data.on_bad_file=stop; set it to skip to go on)")
+    if meta["bad_files"]:
+        print(f"[data2vec2] skipped {len(meta['bad_files'])} bad file(s) (data.on_bad_file=skip):", flush=True)
+        for line in meta["bad_files"][:20]:
+            print(f"  {line}", flush=True)
+    L = config.model.text.max_positions
+    dataset = TokenBlocks(folder, L, config.data.limit)
+    print(f"[data2vec2] text: {meta['tokens']:,} tokens from {meta['documents']:,} documents in {meta['files']} "
+          f"file(s) -> {len(dataset):,} blocks of {L}", flush=True)
+    return PretrainingData(dataset=dataset, collate=TextMaskingCollate(config.masking, config.train.seed),
+                           step_flops=step_flops(config, config.train.batch_size, L))

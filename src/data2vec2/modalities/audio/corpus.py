@@ -1,4 +1,4 @@
-"""`data2vec2 prepare speech`: the offline speech corpus (DATA.md), built into <cache>/speech.
+"""`data2vec2 prepare audio`: the offline speech corpus, from the Debian packages that scripts/install.sh installs, built into <cache>/audio.
 
     real      : the asterisk prompts of 6 voices (en, es, fr, it x2, ru; 8 kHz telephone prompts,
                 CC-BY-SA-3.0 / CC-BY-3.0) and the klettres letter and syllable clips (20 languages,
@@ -11,7 +11,7 @@ Evaluation splits hold out whole voices: the synthetic voices in HELD_OUT_* neve
 pre-training or fine-tuning data, and a quarter of the real English prompts (chosen by a hash of
 their name) are only used to score CTC.
 
-Outputs (all under <cache>/speech, paths in the TSVs relative to that folder):
+Outputs (all under <cache>/audio, paths in the TSVs relative to that folder):
     pretrain.tsv     root line, then  path <TAB> samples            (unlabelled, no test material)
     ctc_train.tsv    path <TAB> samples <TAB> transcript          (synthetic train voices + 3/4 real en)
     ctc_test.tsv     the held-out real English prompts
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 
 SR = 16_000
 ASTERISK = Path("/usr/share/asterisk/sounds")
@@ -65,7 +65,7 @@ LICENCES = {
 
 @dataclass
 class Item:
-    path: str  # relative to <cache>/speech
+    path: str  # relative to <cache>/audio
     samples: int
     source: str
     voice: str
@@ -181,14 +181,14 @@ def _voice_name(engine: str, opt: dict) -> str:
     return f"{engine}:{opt['voice']}"
 
 
-def prepare_speech(cache_dir: str | Path, *, hours: float = 1.0, kws_per_word: int = 40, workers: int | None = None,
+def prepare_audio(cache_dir: str | Path, *, hours: float = 1.0, kws_per_word: int = 40, workers: int | None = None,
                    seed: int = 0, real: bool = True, progress: bool = True) -> Path:
-    """Build the corpus into <cache_dir>/speech (see the module docstring). `hours`: synthetic
+    """Build the corpus into <cache_dir>/audio (see the module docstring). `hours`: synthetic
     sentence audio to generate (about 4 s each); `kws_per_word`: train-voice clips per keyword
     (the held-out voices get a quarter as many)."""
     _require("espeak-ng")
     _require("flite")
-    root = Path(cache_dir) / "speech"
+    root = Path(cache_dir) / "audio"
     root.mkdir(parents=True, exist_ok=True)
     workers = workers or max(1, os.cpu_count() or 1)
     rng = random.Random(seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data2vec2.errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -1,0 +1,46 @@
+"""Audio: the raw 16 kHz waveform through the wav2vec 2.0 CNN, ALiBi, 1-D block masking; CTC and
+keyword-spotting evaluations; the offline speech corpus."""
+
+from __future__ import annotations
+
+from ...export import write_encoder
+from ...modality import Modality
+from .commands import add_commands
+from .data import AudioDataSettings, pretraining_data
+from .encoder import AudioLocalEncoder, AudioSettings, build_decoder, step_flops
+
+
+def check_config(config) -> list[tuple[bool, str, str]]:
+    model, settings, masking, data = config.model, config.model.audio, config.masking, config.data
+    return [
+        (len(settings.conv_layers) >= 1, "model.audio.conv_layers", "needs >= 1 layer"),
+        (all(min(layer) >= 1 for layer in settings.conv_layers), "model.audio.conv_layers",
+         "every (channels, kernel, stride) must be >= 1"),
+        (settings.conv_pos_depth >= 1 and settings.conv_pos_width >= 1, "model.audio.conv_pos_depth",
+         "conv_pos_depth and conv_pos_width must be >= 1"),
+        (settings.conv_pos_groups >= 1 and model.embed_dim % settings.conv_pos_groups == 0,
+         "model.audio.conv_pos_groups", "must divide model.embed_dim"),
+        (masking.kind in ("block", "random"), "masking.kind",
+         f"audio masks frames with 'block' (the reference) or 'random', not {masking.kind!r}"),
+        (config.loss.cls_weight == 0, "loss.cls_weight", "must be 0: an audio encoder has no CLS token"),
+        (0 < data.min_samples <= data.max_samples, "data.min_samples", "must be in (0, data.max_samples]"),
+    ]
+
+
+def export(encoder, config, out):
+    return write_encoder(encoder, config, out)
+
+
+AUDIO = Modality(
+    name="audio",
+    model_settings=AudioSettings,
+    data_settings=AudioDataSettings,
+    local_encoder=AudioLocalEncoder,
+    decoder=build_decoder,
+    pretraining_data=pretraining_data,
+    step_flops=step_flops,
+    check_config=check_config,
+    export=export,
+    read_export=None,
+    add_commands=add_commands,
+)

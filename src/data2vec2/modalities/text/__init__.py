@@ -1,0 +1,38 @@
+"""Text: byte-level BPE tokens, RoBERTa-layout embeddings, random masking that never selects
+padding; sentence classification and the `transformers` export; an offline English corpus."""
+
+from __future__ import annotations
+
+from ...modality import Modality
+from .commands import add_commands
+from .data import TextDataSettings, pretraining_data
+from .encoder import TextLocalEncoder, TextSettings, build_decoder, step_flops
+from .hf import export_text_hf, read_text_hf
+
+
+def check_config(config) -> list[tuple[bool, str, str]]:
+    model, settings = config.model, config.model.text
+    return [
+        (settings.vocab_size > 4, "model.text.vocab_size", "must exceed the 4 special tokens"),
+        (settings.max_positions >= 2, "model.text.max_positions", "must be >= 2 (<s> and a token)"),
+        (model.prenet_depth == 0, "model.prenet_depth", "must be 0: the text context encoder is empty"),
+        (config.masking.kind == "random", "masking.kind",
+         f"text uses random masking (over non-padding tokens), not {config.masking.kind!r}"),
+        (config.loss.cls_weight == 0, "loss.cls_weight", "must be 0: the text encoder has no extra CLS token"),
+        (config.data.documents in ("paragraph", "file"), "data.documents", "must be paragraph or file"),
+    ]
+
+
+TEXT = Modality(
+    name="text",
+    model_settings=TextSettings,
+    data_settings=TextDataSettings,
+    local_encoder=TextLocalEncoder,
+    decoder=build_decoder,
+    pretraining_data=pretraining_data,
+    step_flops=step_flops,
+    check_config=check_config,
+    export=export_text_hf,
+    read_export=read_text_hf,
+    add_commands=add_commands,
+)

@@ -1,0 +1,112 @@
+"""Everything a training run needs before its first update: device, precision, processes, the
+model, the optimizer and its schedule, the compiled and DDP-wrapped student. Nothing here knows
+the modality: its record builds the parts."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..config import Config
+from ..errors import ConfigError
+from ..model import Data2Vec2, build_model
+from . import distributed
+from .optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from ..modality import Modality
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: CPUs whose bf16 matmuls are faster than fp32 (elsewhere bf16 is emulated)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """bf16 autocast where the device supports it: CUDA with bf16, or a CPU whose matmuls are
+    faster in bf16 (AMX / AVX512-BF16); fp32 otherwise."""
+    if precision == "fp32":
+        return torch.float32
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+    else:
+        ok = torch.backends.mkldnn.is_available() and cpu_has_fast_bf16()
+    if precision == "bf16" and not ok:
+        print("[data2vec2] warning: bf16 is not supported well on this device; running bf16 anyway", file=sys.stderr)
+        return torch.bfloat16
+    return torch.bfloat16 if ok else torch.float32
+
+
+@dataclass
+class Training:
+    config: Config
+    model: Data2Vec2
+    student: torch.nn.Module  # model.student, compiled and/or DDP-wrapped: what the step runs
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    dtype: torch.dtype
+    dist: distributed.DistInfo
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @property
+    def micro_batch(self) -> int:
+        train = self.config.train
+        return train.batch_size // (self.dist.world_size * train.grad_accum)
+
+
+def setup_training(config: Config, modality: "Modality", state: dict | None = None) -> Training:
+    """The model (initialised from `train.seed`, the same on every process), AdamW and its
+    schedule, restored from a checkpoint `state` when given; then the RNG of this process is set
+    (restored, or seeded with seed + rank) and the student compiled and wrapped."""
+    train = config.train
+    device = pick_device(train.device)
+    info = distributed.init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    if train.batch_size % (info.world_size * train.grad_accum):
+        raise ConfigError(f"train.batch_size={train.batch_size} must be divisible by processes x grad_accum = "
+                          f"{info.world_size * train.grad_accum}")
+    torch.manual_seed(train.seed)  # the same initial weights on every process
+    model = build_model(config, modality).to(device)
+    optimizer = build_optimizer(model.student, config.optim, device)
+    scheduler = build_scheduler(optimizer, config.optim, train.max_steps)
+    if state is not None:
+        model.student.load_state_dict(state["student"])
+        model.teacher.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng[info.rank % len(rng)])
+    else:
+        torch.manual_seed(train.seed + info.rank)
+    student = model.student
+    if train.compile:
+        student = torch.compile(student)
+    if info.world_size > 1:
+        student = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
+    model.train()
+    return Training(config=config, model=model, student=student, optimizer=optimizer, scheduler=scheduler,
+                    device=device, dtype=pick_dtype(train.precision, device), dist=info)

@@ -1,0 +1,65 @@
+"""One training update, the same for the loop and for every benchmark:
+
+    one update = A micro-batches on each of W processes (gradient accumulation x DDP)
+    loss       = (sum over all of them of the masked-token losses) / (the update's masked count)
+    then       : clip -> AdamW step -> LR schedule step -> EMA teacher step with tau(update)
+
+The host waits for the device once per update (the loss, to refuse a non-finite one before the
+optimizer step); health metrics are computed only when asked for (logging steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import TrainingError
+from . import distributed
+from .setup import Training
+
+
+@dataclass
+class StepResult:
+    loss: float  # the update's mean loss over its masked tokens (all processes)
+    grad_norm: torch.Tensor  # before clipping
+    tau: float  # the EMA decay used for the teacher after this update
+    metrics: dict[str, float] = field(default_factory=dict)  # health metrics, on logging steps only
+
+
+def train_step(training: Training, micro_batches: list[dict], step: int, with_metrics: bool = False) -> StepResult:
+    """Update number `step + 1` from this process's `micro_batches` (collate dicts)."""
+    model, student, world = training.model, training.student, training.dist.world_size
+    local_masked = torch.tensor(float(sum(int(b["mask"].sum()) for b in micro_batches)))
+    update_masked = float(distributed.all_reduce_sum(local_masked))
+    loss_total = torch.zeros((), device=training.device)
+    metric_sums: dict[str, torch.Tensor] = {}
+    for i, batch in enumerate(micro_batches):
+        inputs = batch["inputs"].to(training.device, non_blocking=True)
+        mask = batch["mask"].to(training.device, non_blocking=True)
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if (world == 1 or last) else student.no_sync()
+        with sync:
+            with training.autocast():
+                out = model(inputs, mask, batch["noise_seed"], update_masked, student=student, with_metrics=with_metrics)
+            # DDP averages the gradients over the W processes; * W makes them those of the sum
+            (out.loss * world if world > 1 else out.loss).backward()
+        loss_total += out.loss.detach()
+        for name, value in out.metrics.items():
+            metric_sums[name] = metric_sums.get(name, 0.0) + value / len(micro_batches)
+
+    loss = float(distributed.all_reduce_sum(loss_total.cpu()))
+    if not math.isfinite(loss):
+        training.optimizer.zero_grad(set_to_none=True)
+        raise TrainingError(f"the loss is {loss} at update {step + 1}; nothing was saved for this update "
+                            f"(the last checkpoint is intact). Lower optim.lr or use train.precision=fp32.")
+    clip = training.config.optim.clip_norm
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.student.parameters(), clip if clip > 0 else float("inf"))
+    training.optimizer.step()
+    training.scheduler.step()
+    training.optimizer.zero_grad(set_to_none=True)
+    tau = model.update_teacher(step + 1)
+    return StepResult(loss=loss, grad_norm=grad_norm, tau=tau,
+                      metrics={name: float(value) for name, value in metric_sums.items()})
