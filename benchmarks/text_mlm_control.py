@@ -26,10 +26,11 @@ from torch import nn
 from tqdm import tqdm
 
 from data2vec2 import load_config
-from data2vec2.modalities.text.data import BOS, TokenBlocks, UNK
+from data2vec2.encoder import Encoder
+from data2vec2.modalities import MODALITIES
+from data2vec2.modalities.text.data import BOS, UNK, TokenBlocks, prepare_token_cache
 from data2vec2.modalities.text.finetune import Recipe, finetune_compare
-from data2vec2.modalities.text.encoder import TextEncoder
-from data2vec2.modalities.text.data import prepare_token_cache
+from data2vec2.model import build_encoder, random_encoder
 from data2vec2.train.setup import pick_dtype
 
 
@@ -57,10 +58,10 @@ def corrupt(tokens: torch.Tensor, vocab_size: int, gen: torch.Generator) -> tupl
     return inputs, chosen
 
 
-def pretrain_mlm(config, folder: Path, updates: int, seed: int) -> tuple[TextEncoder, list[float]]:
+def pretrain_mlm(config, folder: Path, updates: int, seed: int) -> tuple[Encoder, list[float]]:
     torch.manual_seed(seed)
-    encoder = TextEncoder(config.model)
-    head = MlmHead(encoder.token_embed)
+    encoder = build_encoder(config.model, MODALITIES["text"])
+    head = MlmHead(encoder.local_encoder.token_embed)
     params = list(encoder.parameters()) + [p for n, p in head.named_parameters() if not n.startswith("embedding.")]
     o = config.optim
     opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
@@ -114,7 +115,8 @@ def main() -> None:
               "loss_last_100": sum(last) / len(last), "seeds": {}}
     for seed in args.seeds:
         r = finetune_compare(encoder, config, rt / "train.tsv", rt / "dev.tsv", rt / "test.tsv",
-                             recipe=Recipe(seed=seed, threads=args.threads), progress=False)
+                             recipe=Recipe(seed=seed, threads=args.threads), progress=False,
+                             baseline=random_encoder(config.model, MODALITIES["text"], seed=seed))
         result["seeds"][seed] = {name: r[name]["final"] for name in ("pretrained", "random_init")}
         dev = {f"{name}_dev": r[name]["final"]["dev"]["accuracy"] for name in ("pretrained", "random_init")}
         print(json.dumps({"seed": seed, **dev}), flush=True)

@@ -1,9 +1,16 @@
+"""Shared fixtures: small real data for each modality, prepared once per session, and a tiny
+configuration of each modality's tiny preset that runs its real code paths in seconds."""
+
 import os
 from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")  # real English prompts (asterisk-core-sounds-en-wav)
+FORTUNES = Path("/usr/share/games/fortunes")
 
 # A very small image-tiny for fast tests: same code paths, tiny sizes.
 SMALL = [
@@ -11,6 +18,17 @@ SMALL = [
     "decoder.dim=32", "decoder.groups=4", "decoder.layers=2", "masking.num_masks=2", "train.batch_size=16",
     "data.limit=256", "data.num_workers=0", "train.log_every=1", "train.precision=fp32", "optim.warmup_steps=2",
 ]
+# The same for audio-tiny and text-tiny (their dropouts stay on, as in the presets).
+SMALL_AUDIO = ["model.embed_dim=32", "model.num_heads=4", "model.depth=2", "targets.top_k=2",
+               "model.audio.conv_layers=[[16,10,5],[16,3,2],[16,3,2],[16,3,2],[16,3,2],[16,2,2],[16,2,2]]",
+               "model.audio.conv_pos_groups=4", "model.audio.conv_pos_depth=2", "decoder.dim=16", "decoder.groups=4",
+               "decoder.layers=2", "masking.num_masks=2", "train.precision=fp32", "data.num_workers=0",
+               "train.log_every=1", "optim.warmup_steps=2", "train.batch_size=4", "data.max_samples=16000",
+               "guards.after_steps=100000"]
+SMALL_TEXT = ["model.embed_dim=32", "model.num_heads=2", "model.depth=2", "targets.top_k=2",
+              "model.text.vocab_size=512", "model.text.max_positions=32", "decoder.dim=32", "decoder.layers=2", "masking.num_masks=2",
+              "train.batch_size=8", "data.num_workers=0", "train.log_every=1", "optim.warmup_steps=2",
+              "train.precision=fp32", "guards.after_steps=100000"]
 
 
 @pytest.fixture(scope="session")
@@ -30,4 +48,49 @@ def small_overrides(cache_dir) -> list[str]:
     return SMALL + [f"data.cache_dir={cache_dir}"]
 
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+@pytest.fixture(scope="session")
+def audio_manifest(tmp_path_factory) -> Path:
+    """A manifest of 24 real English prompts (skips if the Debian package is absent)."""
+    files = sorted(ALLISON.glob("*.wav"))[:24] if ALLISON.is_dir() else []
+    if len(files) < 24:
+        pytest.skip("asterisk-core-sounds-en-wav is not installed (scripts/install.sh installs it)")
+    manifest = tmp_path_factory.mktemp("audio") / "real.tsv"
+    manifest.write_text("\n".join(str(f) for f in files) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def real_text(tmp_path_factory) -> Path:
+    """About 24 KB of real English (the Debian fortunes package) in two files."""
+    sources = [FORTUNES / n for n in ("computers", "science", "people", "literature")]
+    sources = [p for p in sources if p.exists()]
+    if len(sources) < 2:
+        pytest.skip("the Debian fortunes package is not installed (scripts/install.sh installs it)")
+    folder = tmp_path_factory.mktemp("text")
+    for p in sources[:2]:
+        quotes = [q.strip() for q in p.read_text(errors="replace")[:12000].split("\n%\n") if q.strip()]
+        (folder / f"{p.name}.txt").write_text("\n\n".join(quotes[:-1]) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(real_text, tmp_path_factory) -> Path:
+    from data2vec2.modalities.text.data import DocumentReport, iter_documents, train_tokenizer
+
+    files = sorted(real_text.glob("*.txt"))
+    return train_tokenizer(iter_documents(files, "paragraph", "stop", DocumentReport()), 512,
+                           tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+@pytest.fixture(params=["image", "audio", "text"])
+def tiny(request, tmp_path_factory) -> tuple[str, list[str]]:
+    """(preset, overrides) of a tiny version of each modality's tiny preset, on real data."""
+    if request.param == "image":
+        cache = request.getfixturevalue("cache_dir")
+        return "image-tiny", SMALL + [f"data.cache_dir={cache}"]
+    if request.param == "audio":
+        manifest = request.getfixturevalue("audio_manifest")
+        return "audio-tiny", SMALL_AUDIO + [f"data.train={manifest}"]
+    text, tokenizer = request.getfixturevalue("real_text"), request.getfixturevalue("tokenizer_file")
+    cache = tmp_path_factory.mktemp("text-cache")
+    return "text-tiny", SMALL_TEXT + [f"data.train={text}", f"data.tokenizer={tokenizer}", f"data.cache_dir={cache}"]

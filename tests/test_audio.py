@@ -4,20 +4,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ALLISON
 
-from data2vec2 import load_config
-from data2vec2.modalities.audio.data import AudioMaskingCollate, PretrainAudioDataset, load_audio, open_audio_source
+from data2vec2 import build_model, load_config
 from data2vec2.data.collate import ResumableSampler
 from data2vec2.encoder import MaskInfo
 from data2vec2.errors import DataError
-from data2vec2.modalities.audio.ctc import VOCAB, greedy_decode, span_mask, tri_stage
-from data2vec2 import load_encoder
-from data2vec2.modalities import MODALITIES
 from data2vec2.masking import block_mask_1d
+from data2vec2.modalities.audio.ctc import VOCAB, greedy_decode, span_mask, tri_stage
+from data2vec2.modalities.audio.data import AudioMaskingCollate, PretrainAudioDataset, load_audio, open_audio_source
 from data2vec2.modalities.audio.encoder import alibi_bias, alibi_slopes, gather_bias
-from data2vec2 import build_model
-
-ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 
 # audio-tiny shrunk further for fast tests: same code paths
 SMALL = ["model.embed_dim=32", "model.num_heads=4", "model.depth=2", "targets.top_k=2",
@@ -49,11 +45,7 @@ def test_cnn_output_length_formula():
         assert enc.local_encoder.feature_extractor(torch.randn(1, n)).shape[-1] == enc.local_encoder.num_frames(n)
 
 
-def test_base_preset_size_and_masks():
-    model = build_model(load_config("audio-base"))
-    enc = sum(p.numel() for p in model.encoder.parameters())
-    dec = sum(p.numel() for p in model.student.decoder.parameters())
-    assert abs(enc / 1e6 - 93.2) < 0.05 and abs(dec / 1e6 - 0.62) < 0.01
+def test_base_preset_masks():
     masks = block_mask_1d(8, 999, 0.5, 5, 0.05, np.random.default_rng(0))
     assert (masks.sum(1) == 499).all()
 
@@ -182,15 +174,6 @@ def test_span_mask_and_tri_stage():
     assert m.shape == (4, 100) and (m.sum(1) > 0).all()
     assert tri_stage(0, 100) == pytest.approx(0.01) and tri_stage(30, 100) == 1.0
     assert tri_stage(100, 100) == pytest.approx(0.05)
-
-
-def test_export_round_trip(tmp_path):
-    model, config = small_model()
-    enc = model.encoder.eval()
-    MODALITIES["audio"].export(enc, config, tmp_path / "export")
-    loaded = load_encoder(tmp_path / "export")
-    wave = torch.randn(2, 8000)
-    torch.testing.assert_close(enc(wave).x, loaded(wave).x)
 
 
 def _write_wavs(folder: Path, n: int, seconds: float = 1.0, rate: int = 8000) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data2vec2.errors import ConfigError, Data2Vec2Error, DataError
 from data2vec2.modalities.image import fashion_mnist as fm
 from data2vec2.modalities.image.data import (
     FASHION_MNIST_MEAN,
@@ -30,7 +31,6 @@ from data2vec2.modalities.image.data import (
     sample_crop_box,
     to_tensor,
 )
-from data2vec2.errors import ConfigError, Data2Vec2Error, DataError
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -16,7 +16,7 @@ def _neighbour_fraction(cells: np.ndarray, h: int, w: int) -> float:
 def test_inverse_block_exact_counts_vit(prob, adjust, masked):
     masks = block_mask_2d(64, (14, 14), prob, 3, adjust, np.random.default_rng(0))
     assert masks.shape == (64, 196) and masks.dtype == bool
-    assert (masks.sum(1) == masked).all()  # spec 5.1: 157/196 for ViT-B, 147/196 for ViT-L
+    assert (masks.sum(1) == masked).all()  # as compute_block_mask_2d: 157/196 for ViT-B, 147/196 for ViT-L
     assert num_masked("inverse_block", 196, prob) == masked
 
 
@@ -52,7 +52,7 @@ def test_inverse_block_kept_cells_come_from_centred_blocks():
 
 def test_block_mask_1d_counts_and_spans():
     masks = block_mask_1d(16, 999, 0.5, 5, 0.05, np.random.default_rng(0))
-    assert (masks.sum(1) == 499).all()  # spec 5.2: T = 999 -> 499 masked
+    assert (masks.sum(1) == 499).all()  # as compute_block_mask_1d: T = 999 -> 499 masked
     # spans: most masked frames sit in runs of length >= 5
     runs = []
     for m in masks:
@@ -64,7 +64,7 @@ def test_block_mask_1d_counts_and_spans():
 
 def test_random_mask_counts_and_padding():
     masks = random_mask(8, 512, 0.48, np.random.default_rng(0))
-    assert (masks.sum(1) == 246).all()  # spec 5.3: 246 of 512
+    assert (masks.sum(1) == 246).all()  # mask_prob 0.48 (base_text_only_task.yaml): 246 of 512
     masks = random_mask(8, 20, 0.5, np.random.default_rng(0), valid_length=10)
     assert not masks[:, 10:].any() and (masks.sum(1) == 5).all()
 

@@ -3,15 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import SMALL
 
-from data2vec2 import load_config
+from data2vec2 import build_model, load_config
 from data2vec2.masking import make_masks
-from data2vec2 import build_model
 from data2vec2.modalities.image.encoder import sincos_positions_2d
 from data2vec2.nn.ema import ema_decay, ema_update
-
-from conftest import SMALL
 
 
 def small_model(extra=()):
@@ -29,14 +26,6 @@ def batch(config, B=3, seed=0):
     mask = np.concatenate([make_masks(m.kind, m.num_masks, (grid, grid), m.mask_prob, m.mask_length,
                                       m.mask_prob_adjust, rng) for _ in range(B)])
     return images, torch.from_numpy(mask), torch.arange(B) + 100 * seed
-
-
-def test_parameter_counts_of_base_preset():
-    model = build_model(load_config("image-base"))
-    enc = sum(p.numel() for p in model.student.encoder.parameters())
-    dec = sum(p.numel() for p in model.student.decoder.parameters())
-    assert abs(enc / 1e6 - 85.6) < 0.05 and abs(dec / 1e6 - 2.6) < 0.05
-    assert sum(p.numel() for p in model.teacher.parameters() if p.requires_grad) == 0
 
 
 def test_ema_schedule_values():

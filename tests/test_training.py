@@ -1,6 +1,5 @@
 """End-to-end training behaviour on real Fashion-MNIST images (tiny slices)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -11,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from data2vec2 import load_config
+from data2vec2 import load_config, pretrain
 from data2vec2.errors import DataError
 from data2vec2.train.logger import read_metrics
-from data2vec2 import pretrain
 
 
 def losses(run: Path) -> list[float]:
@@ -33,21 +31,6 @@ def test_loss_falls_on_real_images(tmp_path, small_overrides):
     assert (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_resume_gives_the_same_losses(tmp_path, small_overrides):
-    o = small_overrides + ["train.max_steps=6", "train.checkpoint_every=3", "data.num_workers=1"]
-    config = load_config("image-tiny", o)
-    pretrain(config, tmp_path / "straight", progress=False)
-    pretrain(config, tmp_path / "resumed", progress=False, max_steps=3)  # "interrupted" after 3 updates
-    assert len(losses(tmp_path / "resumed")) == 3
-    result = pretrain(config, tmp_path / "resumed", progress=False)  # picks up checkpoints/last.pt
-    assert result["steps"] == 6
-    np.testing.assert_allclose(losses(tmp_path / "resumed"), losses(tmp_path / "straight"), rtol=1e-6)
-    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
-    for k in a["teacher"]:
-        torch.testing.assert_close(a["teacher"][k], b["teacher"][k], rtol=1e-6, atol=1e-7)
-
-
 def test_checkpoints_are_complete_and_pruned(tmp_path, small_overrides):
     config = load_config("image-tiny", small_overrides + ["train.max_steps=4", "train.checkpoint_every=1",
                                                           "train.keep_checkpoints=2"])
@@ -58,26 +41,6 @@ def test_checkpoints_are_complete_and_pruned(tmp_path, small_overrides):
     state = torch.load(folder / "last.pt", weights_only=True)
     assert {"student", "teacher", "optimizer", "scheduler", "step", "rng", "config", "versions"} <= state.keys()
     assert state["step"] == 4
-
-
-def test_export_and_load_round_trip(tmp_path, small_overrides):
-    import data2vec2
-    from data2vec2.modalities import MODALITIES
-
-    config = load_config("image-tiny", small_overrides + ["train.max_steps=2"])
-    pretrain(config, tmp_path / "run", progress=False)
-    encoder, cfg = data2vec2.load_encoder_and_config(tmp_path / "run")
-    MODALITIES["image"].export(encoder, cfg, tmp_path / "export")
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]
-    loaded = data2vec2.load_encoder(tmp_path / "export")
-    x = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.embed(x), encoder.embed(x))
-        torch.testing.assert_close(loaded.embed(x, pool="cls"), encoder.embed(x, pool="cls"))
-    # the student weights, not the teacher's, are what a checkpoint's encoder holds
-    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
-    torch.testing.assert_close(loaded.state_dict()["local_encoder.patch_embed.weight"],
-                               state["student"]["encoder.local_encoder.patch_embed.weight"])
 
 
 def test_load_encoder_errors(tmp_path):
@@ -132,7 +95,7 @@ def test_torchrun_two_processes_match_one(tmp_path, small_overrides):
     """DDP over 2 CPU processes (gloo) gives the same losses and weights as 1 process with 2
     accumulation steps at the same global batch. (Not as 1 process with the whole batch in one
     micro-batch: as in the reference, the CLS term is weighted by the masked-token count of each
-    process's micro-batch, spec 1.7-1.8.)"""
+    process's micro-batch; see `Data2VecMultiModel.forward` and fairseq/trainer.py.)"""
     o = small_overrides + ["train.max_steps=4", "train.batch_size=8"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",

@@ -8,8 +8,7 @@
 
 __version__ = "0.2.0"
 
-from .api import (MODALITIES, build_model, config_from_dict, load_config, load_encoder,  # noqa: E402
-                  load_encoder_and_config, pretrain)
+from .api import MODALITIES, build_model, config_from_dict, load_config, load_encoder, load_encoder_and_config, pretrain  # noqa: E402
 from .config import Config  # noqa: E402
 
 __all__ = ["Config", "MODALITIES", "load_config", "config_from_dict", "build_model", "pretrain", "load_encoder",

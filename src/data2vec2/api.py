@@ -7,8 +7,8 @@ from pathlib import Path
 from . import config as _config
 from .config import Config
 from .export import load_encoder_and_config as _load_encoder_and_config
-from .model import build_model as _build_model
 from .modalities import MODALITIES
+from .model import build_model as _build_model
 from .train import loop as _loop
 
 

@@ -28,10 +28,11 @@ def cmd_presets(args) -> None:
     from .config import preset_names
 
     for name in preset_names():
-        c = load_config(name)
-        m = c.model
-        print(f"{name:12s} {m.modality}: D={m.embed_dim} blocks={m.prenet_depth}+{m.depth} heads={m.num_heads} "
-              f"M={c.masking.num_masks} batch={c.train.batch_size} updates={c.train.max_steps}")
+        config = load_config(name)
+        model = config.model
+        print(f"{name:12s} {model.modality}: D={model.embed_dim} blocks={model.prenet_depth}+{model.depth} "
+              f"heads={model.num_heads} M={config.masking.num_masks} batch={config.train.batch_size} "
+              f"updates={config.train.max_steps}")
 
 
 def cmd_pretrain(args) -> None:
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=5e-4")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("export", help="write the encoder for use without the training code (text: a transformers model)")
+    p = sub.add_parser("export", help="write the encoder for use without the training code "
+                                      "(text: a transformers model)")
     p.add_argument("run", help="a run folder or a checkpoint file")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)

@@ -150,7 +150,7 @@ class DataConfig:
 
 @dataclass
 class GuardConfig:
-    """Collapse guards (spec 1.10): stop when a std falls below its floor after `after_steps`."""
+    """Collapse guards (`Data2VecMultiModel.forward`): stop when a std falls below its floor after `after_steps`."""
 
     min_target_std: float = 0.0  # 0 disables
     min_pred_std: float = 0.0
@@ -200,9 +200,12 @@ class Config:
             (model.num_heads >= 1 and model.embed_dim % model.num_heads == 0, "model.num_heads",
              f"must be >= 1 and divide model.embed_dim={model.embed_dim}"),
             (1 <= targets.top_k <= model.depth, "targets.top_k", f"must be in [1, model.depth={model.depth}]"),
-            (targets.layer_norm in ("instance", "layer", "none"), "targets.layer_norm", "must be instance, layer or none"),
-            (targets.final_norm in ("instance", "layer", "none"), "targets.final_norm", "must be instance, layer or none"),
-            (masking.kind in ("inverse_block", "block", "random"), "masking.kind", "must be inverse_block, block or random"),
+            (targets.layer_norm in ("instance", "layer", "none"), "targets.layer_norm",
+             "must be instance, layer or none"),
+            (targets.final_norm in ("instance", "layer", "none"), "targets.final_norm",
+             "must be instance, layer or none"),
+            (masking.kind in ("inverse_block", "block", "random"), "masking.kind",
+             "must be inverse_block, block or random"),
             (0.0 < masking.mask_prob < 1.0, "masking.mask_prob", "must be in (0, 1)"),
             (masking.num_masks >= 1, "masking.num_masks", "must be >= 1"),
             (masking.mask_length >= 1, "masking.mask_length", "must be >= 1"),
@@ -210,7 +213,8 @@ class Config:
              == (MaskingConfig.mask_length, MaskingConfig.mask_prob_adjust), "masking.mask_length",
              "random masking uses neither masking.mask_length nor masking.mask_prob_adjust: leave them out"),
             (decoder.groups >= 1 and decoder.dim % decoder.groups == 0
-             and model.embed_dim % decoder.groups == 0, "decoder.groups", "must divide decoder.dim and model.embed_dim"),
+             and model.embed_dim % decoder.groups == 0, "decoder.groups",
+             "must divide decoder.dim and model.embed_dim"),
             (decoder.projection_layers in (1, 2), "decoder.projection_layers", "must be 1 or 2"),
             (self.loss.beta >= 0, "loss.beta", "must be >= 0 (0: L2, > 0: smooth L1)"),
             (0.0 <= self.ema.decay <= 1.0 and 0.0 <= self.ema.end_decay <= 1.0, "ema.decay", "must be in [0, 1]"),
@@ -357,8 +361,8 @@ class _Reader:
         def walk(obj: Any, given: dict, prefix: str) -> None:
             for name in _field_names(obj):
                 if name not in given:
-                    raise ConfigError(f"{self.source}: '{prefix}{name}' is missing; it changes the model's mathematics, "
-                                      f"so no default can stand in for it (written by another version?)")
+                    raise ConfigError(f"{self.source}: '{prefix}{name}' is missing; it changes the model's "
+                                      f"mathematics, so no default can stand in for it (written by another version?)")
                 if dataclasses.is_dataclass(getattr(obj, name)):
                     walk(getattr(obj, name), given[name], f"{prefix}{name}.")
             settings = obj.__dict__.get("settings")

@@ -1,4 +1,4 @@
-"""Mask generators (spec section 5). Convention everywhere: True = masked.
+"""Mask generators (fairseq/data/data_utils.py `compute_block_mask_2d`/`_1d`). Convention everywhere: True = masked.
 
 Every generator returns a bool array of shape (num_masks, T) in which **every row has exactly the
 same number of masked tokens**: the student drops masked tokens physically and stacks the rows, so
@@ -8,13 +8,12 @@ mask is a pure function of its seed (the collate function seeds it per (seed, ep
 
 from __future__ import annotations
 
-
 import numpy as np
 
 
 def _force_count(marked: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
     """Make one row hold exactly `target` marked cells by un-marking random marked cells or
-    marking random unmarked ones (uniformly, not necessarily adjacent: spec 5.1 step 3)."""
+    marking random unmarked ones (uniformly, not necessarily adjacent, as in `compute_block_mask_2d`)."""
     count = int(marked.sum())
     if count > target:
         drop = rng.choice(np.flatnonzero(marked), count - target, replace=False)
@@ -34,7 +33,7 @@ def block_mask_2d(
     rng: np.random.Generator,
     inverse: bool = True,
 ) -> np.ndarray:
-    """(Inverse) block masking on an h x w patch grid (spec 5.1). Returns (num_masks, h*w) bool.
+    """(Inverse) block masking on an h x w patch grid (`compute_block_mask_2d`). Returns (num_masks, h*w) bool.
 
     With `inverse`, `mask_prob` is still the fraction that ends up masked; the b x b blocks are
     drawn for the *kept* region instead. Centres are drawn with replacement, each marks the cells
@@ -69,7 +68,7 @@ def block_mask_1d(
     adjust: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Block masking on a sequence (spec 5.2): floor(T (R + A) / b) centres with replacement, each
+    """Block masking on a sequence (`compute_block_mask_1d`): floor(T (R + A) / b) centres with replacement, each
     marking b frames around it (clamped), then exactly floor(T R) masked. Returns (num_masks, T)."""
     num_centres = int(length * (mask_prob + adjust) / block)
     target = int(length * mask_prob)

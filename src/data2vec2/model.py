@@ -91,7 +91,7 @@ class Student(nn.Module):
         encoded = self.encoder.forward_masked(local_features, info, self.num_masks, padding).x
         x = F.dropout(encoded, self.decoder_input_dropout, self.training)
         kept = x[:, self.encoder.num_extra_tokens:]  # (B*M, T_keep, D)
-        N, T, D = mask.shape[0], mask.shape[1], kept.shape[-1]
+        T, D = mask.shape[1], kept.shape[-1]
         noise = mask_noise(T - kept.shape[1], D, self.noise_std, self.num_masks, noise_seeds, kept.device)
         full = torch.cat([kept, noise.to(kept.dtype)], dim=1)  # (B*M, T, D) as [kept..., masked...]
         full = gather_tokens(full, info.ids_restore)  # back to the original token order

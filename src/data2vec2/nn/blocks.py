@@ -1,8 +1,8 @@
-"""The post-LN transformer block used by every modality (spec 3.1).
+"""The post-LN transformer block used by every modality (`AltBlock`, examples/data2vec/models/modalities/modules.py).
 
     a = Attn(x)                       fused QKV, scaled dot-product, optional additive bias
     x = LN1(x + DropPath(a))
-    h = MLP(x)                        <- the block's FFN output: the teacher's target (spec 1.4)
+    h = MLP(x)                        <- the block's FFN output: the teacher's target (`AltBlock.forward`'s `t`)
     x = LN2(x + DropPath(Dropout(h)))
 """
 

@@ -1,4 +1,4 @@
-"""The light convolutional decoder (spec 4): fills the masked positions back in.
+"""The light convolutional decoder (the reference's `Decoder1d`/`Decoder2d`): fills the masked positions back in.
 
 Each layer is Conv -> LayerNorm over channels (no affine) -> GELU; a residual wraps the whole
 layer whenever its input and output channel counts agree; a final Linear maps to the model width.
@@ -28,7 +28,7 @@ def _conv_stage(conv: nn.Module, channels: int) -> nn.Sequential:
 
 
 class Decoder1d(nn.Module):
-    """Speech and text decoder over the time axis: (N, T, D) -> (N, T, out_dim) (spec 4.2).
+    """Speech and text decoder over the time axis: (N, T, D) -> (N, T, out_dim) (the reference's `Decoder1d`).
 
     `projection_layers=1`: Linear(dim -> out_dim); 2: Linear(dim -> 2 dim) -> GELU -> Linear."""
 
@@ -88,5 +88,5 @@ class Decoder2d(nn.Module):
         return self.proj(x)
 
     def reset_projection(self) -> None:
-        """The reference re-initialises the output projection with PyTorch's default (spec 3.5)."""
+        """The reference re-initialises the output projection with PyTorch's default (DecoderBase.reset_parameters)."""
         self.proj.reset_parameters()

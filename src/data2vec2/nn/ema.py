@@ -1,4 +1,4 @@
-"""The EMA teacher (spec 2): an exponential moving average of the student, in fp32.
+"""The EMA teacher (fairseq/modules/ema_module.py `EMAModule`): an exponential moving average of the student, in fp32.
 
     tau(t) = tau_e - (tau_e - tau_0) * (1 - t / n)   for t < n   (a linear ramp tau_0 -> tau_e)
     tau(t) = tau_e                                    for t >= n

@@ -13,7 +13,6 @@ import time
 import torch
 
 
-
 def blocks_forward_flops(rows: int, tokens: int, dim: int, mlp_ratio: float, depth: int) -> float:
     """Forward FLOPs of `depth` transformer blocks on `rows` sequences of `tokens` tokens. Each
     modality adds its local encoder and decoder to this (its `step_flops`)."""

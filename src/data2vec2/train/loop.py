@@ -72,10 +72,14 @@ def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resum
     info = training.dist
     sampler = ResumableSampler(len(data.dataset), training.micro_batch, info.world_size, info.rank, train.grad_accum,
                                train.seed, lengths=data.lengths)
+    # The loader's own generator: starting an epoch (iter(loader) draws the workers' base seed) must
+    # not draw from the global generator, whose state a resumed run restores for dropout. Every
+    # random draw of a sample comes from its own stream anyway (data/collate.py).
     loader = torch.utils.data.DataLoader(
         data.dataset, batch_size=training.micro_batch, sampler=sampler, collate_fn=data.collate,
         num_workers=config.data.num_workers, pin_memory=training.device.type == "cuda", drop_last=False,
-        persistent_workers=False, prefetch_factor=4 if config.data.num_workers > 0 else None)
+        persistent_workers=False, prefetch_factor=4 if config.data.num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(train.seed))
     batches = _batches(loader, sampler, data.collate, data.dataset, step)
 
     total_steps = train.max_steps if max_steps is None else min(train.max_steps, max_steps)
@@ -83,7 +87,9 @@ def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resum
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, enabled=info.is_main)
-    peak = measure_matmul_flops(training.device, training.dtype) if info.is_main else 0.0
+    with torch.random.fork_rng(devices=[training.device] if training.device.type == "cuda" else []):
+        # the random test matrices must not come from the training stream (resume equality)
+        peak = measure_matmul_flops(training.device, training.dtype) if info.is_main else 0.0
     if info.is_main:
         params = sum(p.numel() for p in training.model.encoder.parameters())
         print(f"[data2vec2] {config.name}: encoder {params / 1e6:.2f}M params, {len(data.dataset)} samples, "
@@ -166,7 +172,8 @@ def _save(training: Training, step: int, run_dir: Path) -> None:
             "step": step,
             "rng": rng_states,
             "config": config_to_dict(training.config),
-            "versions": {"data2vec2": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+            "versions": {"data2vec2": __version__, "torch": str(torch.__version__),
+                         "python": platform.python_version()},
         }
         save_checkpoint(state, run_dir / "checkpoints", step, training.config.train.keep_checkpoints)
     distributed.barrier()

@@ -1,4 +1,4 @@
-"""AdamW and the learning-rate schedule (spec 6)."""
+"""AdamW and the learning-rate schedule (fairseq/optim/adam.py, fairseq/optim/lr_scheduler/cosine_lr_scheduler.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..config import OptimConfig
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """By default every trainable parameter is decayed, as the reference code effectively does
-    (its 1-D exemption is never applied: spec 6). With `decay_1d_params: false`, biases, norm
+    (its 1-D exemption is never applied: fairseq/optim/composite.py). With `decay_1d_params: false`, biases, norm
     gains and other 1-D (or 0-D) parameters and the CLS token get no weight decay."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():

@@ -43,7 +43,8 @@ def train_step(training: Training, micro_batches: list[dict], step: int, with_me
         sync = contextlib.nullcontext() if (world == 1 or last) else student.no_sync()
         with sync:
             with training.autocast():
-                out = model(inputs, mask, batch["noise_seed"], update_masked, student=student, with_metrics=with_metrics)
+                out = model(inputs, mask, batch["noise_seed"], update_masked, student=student,
+                            with_metrics=with_metrics)
             # DDP averages the gradients over the W processes; * W makes them those of the sum
             (out.loss * world if world > 1 else out.loss).backward()
         loss_total += out.loss.detach()

@@ -1,4 +1,5 @@
-"""`data2vec2 prepare audio`: the offline speech corpus, from the Debian packages that scripts/install.sh installs, built into <cache>/audio.
+"""`data2vec2 prepare audio`: the offline speech corpus, built into <cache>/audio from the Debian
+packages that scripts/install.sh installs.
 
     real      : the asterisk prompts of 6 voices (en, es, fr, it x2, ru; 8 kHz telephone prompts,
                 CC-BY-SA-3.0 / CC-BY-3.0) and the klettres letter and syllable clips (20 languages,

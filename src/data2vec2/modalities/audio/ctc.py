@@ -1,4 +1,4 @@
-"""CTC fine-tuning on letters (spec 7.2) and greedy decoding, scored by WER and CER.
+"""CTC fine-tuning on letters (fairseq `Wav2VecCtc`/`Wav2VecEncoder`) and greedy decoding, scored by WER and CER.
 
     wave -> frozen CNN -> projection -> masked frames replaced by N(0, 0.01^2) noise (span masking,
     no token dropping) + channel masking -> pos-conv -> blocks -> Linear(D, letters + blank) -> CTC
@@ -127,7 +127,7 @@ def finetune_ctc(encoder, train: LabelledClips, cfg: CTCConfig, progress: bool =
     enc = copy.deepcopy(encoder).float()
     enc.cfg = copy.deepcopy(enc.cfg)
     enc.cfg.layerdrop = cfg.layerdrop
-    # fine-tuning dropouts (spec 7.2): activation dropout and layerdrop only, every other one 0
+    # fine-tuning dropouts (fairseq wav2vec finetuning YAMLs): activation dropout and layerdrop only, every other one 0
     for m in enc.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0

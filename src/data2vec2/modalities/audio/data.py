@@ -190,7 +190,7 @@ class AudioMaskingCollate(MaskingCollate):
         self.num_frames = num_frames
 
     def inputs_and_masks(self, items: list[dict]) -> tuple[torch.Tensor, list[np.ndarray]]:
-        m = self.masking
+        masking = self.masking
         L = min(len(s["inputs"]) for s in items)
         T = self.num_frames(L)
         waves, masks = [], []
@@ -199,10 +199,11 @@ class AudioMaskingCollate(MaskingCollate):
             start = int(self.rng(s["index"], Stream.BATCH_CROP).integers(0, len(w) - L + 1))
             waves.append(w[start:start + L])
             rng = self.rng(s["index"], Stream.MASK)
-            if m.kind == "random":
-                masks.append(random_mask(m.num_masks, T, m.mask_prob, rng))
+            if masking.kind == "random":
+                masks.append(random_mask(masking.num_masks, T, masking.mask_prob, rng))
             else:
-                masks.append(block_mask_1d(m.num_masks, T, m.mask_prob, m.mask_length, m.mask_prob_adjust, rng))
+                masks.append(block_mask_1d(masking.num_masks, T, masking.mask_prob, masking.mask_length,
+                                           masking.mask_prob_adjust, rng))
         return torch.stack(waves), masks  # (B, L)
 
 
@@ -216,8 +217,8 @@ def pretraining_data(config: Config) -> PretrainingData:
               f"samples and {source.dropped_bad} unreadable files", file=sys.stderr)
     lengths = [min(n, data.max_samples) for n in source.lengths]
     # FLOPs at the mean (cropped) length: bucketed batches are cropped to about that on average
+    frames = partial(num_frames, config.model.audio.conv_layers)  # a picklable function for the workers
     return PretrainingData(dataset=PretrainAudioDataset(source, data.max_samples, config.train.seed),
-                           collate=AudioMaskingCollate(config.masking, partial(num_frames, config.model.audio.conv_layers),
-                                                       config.train.seed),
+                           collate=AudioMaskingCollate(config.masking, frames, config.train.seed),
                            step_flops=step_flops(config, config.train.batch_size, int(np.mean(lengths))),
                            lengths=lengths)

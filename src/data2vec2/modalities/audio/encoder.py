@@ -83,7 +83,7 @@ class FeatureExtractor(nn.Module):
 
 
 class ConvPositions(nn.Module):
-    """Relative positions (spec 3.3): `depth` x [Conv1d(D, D, k, groups) -> LayerNorm (no affine)
+    """Relative positions (as in `AudioEncoder`): `depth` x [Conv1d(D, D, k, groups) -> LayerNorm (no affine)
     -> GELU], not residual inside; the caller adds the output to the features. (N, T, D) -> same."""
 
     def __init__(self, dim: int, width: int, depth: int, groups: int):

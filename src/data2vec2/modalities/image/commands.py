@@ -73,7 +73,8 @@ def add_commands(sub, prepare, modality) -> None:
                             ("knn", "image: k-nearest-neighbour accuracy")):
         p = sub.add_parser(kind, help=help_text)
         p.add_argument("model", help="an export folder, a run folder or a checkpoint file")
-        p.add_argument("--train", default="fashion-mnist:train", help="labelled images: fashion-mnist:train or a folder")
+        p.add_argument("--train", default="fashion-mnist:train",
+                       help="labelled images: fashion-mnist:train or a folder")
         p.add_argument("--test", default="fashion-mnist:test")
         p.add_argument("--pool", choices=["mean", "cls"], default="mean")
         p.add_argument("--cache", help="the data cache (default: the run's data.cache_dir)")

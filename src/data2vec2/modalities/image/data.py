@@ -425,9 +425,9 @@ class ImageMaskingCollate(MaskingCollate):
         self.grid = grid
 
     def inputs_and_masks(self, items: list[dict]) -> tuple[torch.Tensor, list[np.ndarray]]:
-        m = self.masking
-        masks = [make_masks(m.kind, m.num_masks, self.grid, m.mask_prob, m.mask_length, m.mask_prob_adjust,
-                            self.rng(s["index"], Stream.MASK)) for s in items]
+        masking = self.masking
+        masks = [make_masks(masking.kind, masking.num_masks, self.grid, masking.mask_prob, masking.mask_length,
+                            masking.mask_prob_adjust, self.rng(s["index"], Stream.MASK)) for s in items]
         return torch.stack([s["inputs"] for s in items]), masks  # (B, C, H, W)
 
 

@@ -77,8 +77,8 @@ def run_demo(modality, out: str | Path = "runs/demo", overrides: list[str] | Non
     pre = evaluate_encoder(encoder, config, train_spec, test_spec, progress=progress, bf16=bf16)
     print(f"[demo]   pre-trained: probe {pre['probe_acc']:.4f}, kNN {pre['knn_acc']:.4f}", flush=True)
     print("[demo] the same on a randomly initialised encoder", flush=True)
-    rnd = evaluate_encoder(random_encoder(config.model, modality, seed=config.train.seed), config, train_spec, test_spec,
-                           progress=progress, bf16=bf16)
+    baseline = random_encoder(config.model, modality, seed=config.train.seed)
+    rnd = evaluate_encoder(baseline, config, train_spec, test_spec, progress=progress, bf16=bf16)
     print(f"[demo]   random init: probe {rnd['probe_acc']:.4f}, kNN {rnd['knn_acc']:.4f}", flush=True)
     print("[demo] the same on raw pixels", flush=True)
     px_train = pixel_features(open_image_source(train_spec, cache, 1))

@@ -1,4 +1,4 @@
-"""`data2vec2 prepare text`: the offline English corpus and Rotten Tomatoes polarity (DATA.md).
+"""`data2vec2 prepare text`: the offline English corpus and Rotten Tomatoes polarity (sources: docs/text.md).
 
     <cache>/text/english/<source>.txt   documents separated by blank lines, one file per source
     <cache>/text/rotten_tomatoes/{train,dev,test}.tsv   GLUE format: sentence<TAB>label, split by movie

@@ -1,4 +1,4 @@
-"""Sentence(-pair) classification and regression fine-tuning (spec 7.3), GLUE-style.
+"""Sentence(-pair) classification and regression fine-tuning (`Data2VecTextClassificationModel`), GLUE-style.
 
     head   : RoBERTa's, on the <s> token: dropout -> Linear(D, D) -> tanh -> dropout -> Linear(D, C)
     encoder: keeps its pre-training dropouts; no masking

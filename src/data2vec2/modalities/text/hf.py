@@ -1,7 +1,8 @@
 """Export of the text encoder as a Hugging Face `transformers` RoBERTa model directory.
 
-RoBERTa's architecture is ours (the paper's text encoder follows RoBERTa): token + learned position embeddings (positions start at
-pad + 1 = 2) -> LayerNorm -> post-LN blocks with exact GELU. What the mapping does:
+RoBERTa's architecture is ours (the paper's text encoder follows RoBERTa): token + learned position
+embeddings (positions start at pad + 1 = 2) -> LayerNorm -> post-LN blocks with exact GELU. What the
+mapping does (our names under `local_encoder.` for the embeddings):
 
     token_embed / pos_embed / embed_norm -> embeddings.{word,position}_embeddings / LayerNorm
     (no token types)                     -> token_type_embeddings: one all-zero row
