@@ -185,7 +185,7 @@ def test_loss_falls_on_real_text(real_text, tokenizer_file, tmp_path):
     assert np.mean(curve[-5:]) < 0.95 * np.mean(curve[:5])
 
 
-def test_transformers_round_trip(real_text, tokenizer_file, tmp_path):
+def test_transformers_round_trip(real_text, tokenizer_file, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     from data2vec2 import load_encoder, pretrain
     from data2vec2.cli import main
@@ -193,6 +193,8 @@ def test_transformers_round_trip(real_text, tokenizer_file, tmp_path):
     config = small_config(real_text, tokenizer_file, tmp_path, ["train.max_steps=2", "train.precision=fp32"])
     pretrain(config, tmp_path / "run", progress=False)
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["probe", str(tmp_path / "hf")]) == 2  # one loader: a clear error, not a KeyError
+    assert "holds a model of modality 'text'; this command takes image" in capsys.readouterr().err
     ours = load_encoder(tmp_path / "hf")
     hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
     assert type(hf).__name__ == "RobertaModel"

@@ -125,3 +125,12 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, sm
     assert after["step"] == 2
     for k in before["student"]:
         torch.testing.assert_close(before["student"][k], after["student"][k])
+
+
+@pytest.mark.slow  # about 80 s of compilation on 2 cores
+def test_compiled_student_trains_like_the_eager_one(tmp_path, small_overrides):
+    """train.compile: the student (encoder + decoder) through torch.compile; the same losses."""
+    o = small_overrides + ["train.max_steps=3", "train.batch_size=8"]
+    pretrain(load_config("image-tiny", o), tmp_path / "eager", progress=False)
+    pretrain(load_config("image-tiny", o + ["train.compile=true"]), tmp_path / "compiled", progress=False)
+    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)

@@ -307,12 +307,17 @@ class _Reader:
 
     def __init__(self, modalities: Mapping[str, "Modality"], modality: str, saved: bool, source: str):
         self.modalities, self.modality, self.saved, self.source = modalities, modality, saved, source
+        self.ignored: list[str] = []  # saved mode: "key (why)", reported in one warning
 
     def unknown(self, key: str, message: str) -> None:
-        if self.saved:
-            warnings.warn(f"{self.source}: ignoring '{key}': {message}", ConfigWarning, stacklevel=4)
-        else:
+        if not self.saved:
             raise ConfigError(f"{key}: {message}" if "config key" not in message else message)
+        self.ignored.append(f"'{key}'" + ("" if "unknown config key" in message else f": {message}"))
+
+    def warn_ignored(self) -> None:
+        if self.ignored:
+            warnings.warn(f"{self.source} (written by another version?): ignoring " + "; ".join(self.ignored),
+                          ConfigWarning, stacklevel=3)
 
     def other_modality(self, key: str, section: str) -> str | None:
         """The modality whose settings hold `key` in `section` ("model" or "data"), if another."""
@@ -433,6 +438,7 @@ def config_from_dict(values: dict, modalities: Mapping[str, "Modality"], *, save
     config.data.settings = record.data_settings()
     reader = _Reader(modalities, name, saved, source)
     reader.fill(config, values, "")
+    reader.warn_ignored()
     if saved:
         reader.check_complete(config, values)
     return config.validate(record, sections)
