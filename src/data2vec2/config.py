@@ -43,7 +43,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 class ModelConfig:
     """The encoder: local encoder -> context encoder (LayerNorm + prenet blocks) -> shared blocks."""
 
-    modality: str = "image"
+    modality: str = ""  # a key of the modality table: image | audio | text
     embed_dim: int = 768
     depth: int = 10  # shared blocks; targets come only from these
     prenet_depth: int = 2  # modality-specific blocks in the context encoder
@@ -98,7 +98,7 @@ class TargetConfig:
 @dataclass
 class LossConfig:
     scale: Optional[float] = None  # None: 1/sqrt(D)
-    cls_weight: float = 0.01  # images only; 0 disables the CLS loss
+    cls_weight: float = 0.0  # the CLS term, for encoders with a CLS token (every image preset: 0.01)
     beta: float = 0.0  # 0: L2; > 0: smooth L1 with this beta
 
 
@@ -125,7 +125,7 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "fashion-mnist:train"  # what to pre-train on: a prepared set, a folder, a manifest
+    train: str = ""  # what to pre-train on: a prepared set, a folder, a manifest (see the modality's docs)
     cache_dir: str = "cache"
     on_bad_file: str = "skip"  # skip (count it in the log) | stop
     num_workers: int = 2

@@ -61,6 +61,8 @@ def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resum
     Returns a summary dict (steps, seconds, stop reason, the last logged metrics, ...)."""
     run_dir = Path(run_dir)
     train = config.train
+    if not config.data.train:
+        raise ConfigError("data.train: name the training data (a prepared set, a folder or a manifest)")
     checkpoint = find_checkpoint(run_dir) if resume else None
     state = load_checkpoint(checkpoint) if checkpoint else None
     if state is not None:
