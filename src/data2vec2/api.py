@@ -4,40 +4,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import config as _config
+from . import config, export, model
 from .config import Config
-from .export import load_encoder_and_config as _load_encoder_and_config
+from .encoder import Encoder
 from .modalities import MODALITIES
-from .model import build_model as _build_model
-from .train import loop as _loop
+from .train import loop
 
 
 def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """A preset name (`data2vec2 presets`) or a YAML file, then `key=value` overrides."""
-    return _config.load_config(preset_or_path, overrides, modalities=MODALITIES)
+    return config.load_config(preset_or_path, overrides, modalities=MODALITIES)
 
 
 def config_from_dict(values: dict, saved: bool = False) -> Config:
     """A config from a nested dict; `saved`: written by a (maybe other) version of this package."""
-    return _config.config_from_dict(values, MODALITIES, saved=saved)
+    return config.config_from_dict(values, MODALITIES, saved=saved)
 
 
-def build_model(config: Config):
+def build_model(run_config: Config) -> model.Data2Vec2:
     """The Data2Vec2 model (student, decoder, EMA teacher) of a config."""
-    return _build_model(config, MODALITIES[config.model.modality])
+    return model.build_model(run_config, MODALITIES[run_config.model.modality])
 
 
-def pretrain(config: Config, run_dir: str | Path, **options) -> dict:
+def pretrain(run_config: Config, run_dir: str | Path, **options) -> dict:
     """Pre-train into `run_dir` (resuming from its last checkpoint); see `train.loop.pretrain`."""
-    return _loop.pretrain(config, run_dir, MODALITIES[config.model.modality], **options)
+    return loop.pretrain(run_config, run_dir, MODALITIES[run_config.model.modality], **options)
 
 
-def load_encoder(path: str | Path, device: str = "cpu"):
+def load_encoder(path: str | Path, device: str = "cpu") -> Encoder:
     """The encoder of an export folder, a run folder or a checkpoint file, in eval mode."""
-    return _load_encoder_and_config(path, MODALITIES)[0].to(device)
+    return export.load_encoder_and_config(path, MODALITIES)[0].to(device)
 
 
-def load_encoder_and_config(path: str | Path):
+def load_encoder_and_config(path: str | Path) -> tuple[Encoder, Config]:
     """(encoder, config) of an export folder, a run folder or a checkpoint file."""
-    return _load_encoder_and_config(path, MODALITIES)
-
+    return export.load_encoder_and_config(path, MODALITIES)

@@ -12,9 +12,9 @@ one for its own `data.*` keys. A config holds only the active modality's two, an
     model: {modality: image, embed_dim: ..., image: {image_size: ..., ...}}
     data:  {train: ..., cache_dir: ..., channels: ..., mean: ...}      generic and image keys, flat
 
-A saved config written by another version loads with a warning for each key this version does not
-know; a missing key that changes the mathematics (model, decoder, masking, targets, loss, ema) is
-an error, since a default would silently change the model.
+A saved config written by another version loads with one warning that names each key this version
+does not know; a missing key that changes the mathematics (model, decoder, masking, targets, loss,
+ema) is an error, since a default would silently change the model.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ def block_mask_2d(
     length = h * w
     rho = 1.0 - mask_prob if inverse else mask_prob
     num_centres = int(length * (rho + adjust) / block**2)
-    target = int(length * rho)
+    masked = num_masked("inverse_block" if inverse else "block", length, mask_prob)
+    target = length - masked if inverse else masked  # cells to mark: kept ones when inverse
     offsets = np.arange(block) - block // 2  # -1, 0, 1 for block = 3
 
     masks = np.zeros((num_masks, length), dtype=bool)
@@ -71,7 +72,7 @@ def block_mask_1d(
     """Block masking on a sequence (`compute_block_mask_1d`): floor(T (R + A) / b) centres with replacement, each
     marking b frames around it (clamped), then exactly floor(T R) masked. Returns (num_masks, T)."""
     num_centres = int(length * (mask_prob + adjust) / block)
-    target = int(length * mask_prob)
+    target = num_masked("block", length, mask_prob)
     offsets = np.arange(block) - block // 2
     masks = np.zeros((num_masks, length), dtype=bool)
     for row in range(num_masks):
@@ -89,10 +90,10 @@ def random_mask(num_masks: int, length: int, mask_prob: float, rng: np.random.Ge
     With `valid_length`, only the first `valid_length` positions may be masked (padding is never
     masked) and the count is floor(valid_length * R) per row."""
     n = length if valid_length is None else valid_length
-    num_masked = n - int(n * (1.0 - mask_prob))
+    count = num_masked("random", n, mask_prob)
     masks = np.zeros((num_masks, length), dtype=bool)
     for row in range(num_masks):
-        masks[row, rng.permutation(n)[:num_masked]] = True
+        masks[row, rng.permutation(n)[:count]] = True
     return masks
 
 
@@ -109,12 +110,14 @@ def make_masks(kind: str, num_masks: int, grid: tuple[int, int], mask_prob: floa
 
 
 def num_masked(kind: str, length: int, mask_prob: float) -> int:
-    """The exact masked count per row that `make_masks` produces for `length` tokens."""
-    if kind == "inverse_block":
-        return length - int(length * (1.0 - mask_prob))
+    """The masked count of every row for `length` tokens: the one definition that the generators
+    above, the collates and the FLOP counts use. Block masking rounds the masked count down,
+    floor(T R); inverse block and random masking round the kept count down, T - floor(T (1 - R))."""
     if kind == "block":
         return int(length * mask_prob)
-    return length - int(length * (1.0 - mask_prob))
+    if kind in ("inverse_block", "random"):
+        return length - int(length * (1.0 - mask_prob))
+    raise ValueError(f"unknown mask kind {kind!r}: expected inverse_block, block or random")
 
 
 __all__ = ["block_mask_2d", "block_mask_1d", "random_mask", "make_masks", "num_masked"]

@@ -130,8 +130,8 @@ class Data2Vec2(nn.Module):
 
     # -- teacher --------------------------------------------------------------------------
     def ema_decay(self, step: int) -> float:
-        e = self.config.ema
-        return ema_decay(step, e.decay, e.end_decay, e.anneal_steps)
+        ema = self.config.ema
+        return ema_decay(step, ema.decay, ema.end_decay, ema.anneal_steps)
 
     @torch.no_grad()
     def update_teacher(self, step: int) -> float:
