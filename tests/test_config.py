@@ -173,3 +173,23 @@ def test_the_run_folder_config_reads_back(tmp_path, small_overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning for a file of this version
         assert config_to_dict(data2vec2.config_from_dict(values, saved=True)) == config_to_dict(config)
+
+
+def test_a_checkpoint_of_version_0_1_loads_with_its_old_parameter_names(tmp_path):
+    """0.1.0 kept the local encoder's parts at the top of the encoder (encoder.patch_embed...); its
+    checkpoints (here the pinned initial weights of the characterization test) still load."""
+    from safetensors.torch import load_file
+    from test_step_characterization import CASES, NO_DROPOUT, REFERENCE
+
+    pinned = load_file(str(REFERENCE))
+    student = {k[len("image:initial/student/"):]: v for k, v in pinned.items() if k.startswith("image:initial/student/")}
+    assert "encoder.patch_embed.weight" in student  # the 0.1.0 name
+    preset, overrides = CASES["image"]
+    values = config_to_dict(data2vec2.load_config(preset, overrides + NO_DROPOUT))
+    values["version"] = "0.1.0"
+    values["model"]["audio"] = {"alibi": True}  # 0.1.0 saved every modality's settings
+    torch.save({"student": student, "config": values}, tmp_path / "step_000000001.pt")
+    with pytest.warns(ConfigWarning, match="'model.audio'"):
+        encoder, _ = data2vec2.load_encoder_and_config(tmp_path / "step_000000001.pt")
+    torch.testing.assert_close(encoder.local_encoder.patch_embed.weight, student["encoder.patch_embed.weight"])
+    torch.testing.assert_close(encoder.blocks[0].attn.qkv.weight, student["encoder.blocks.0.attn.qkv.weight"])

@@ -24,7 +24,7 @@ from .config import Config, config_from_dict, config_to_dict
 from .encoder import Encoder
 from .errors import DataError
 from .model import build_encoder
-from .train.checkpoint import load_checkpoint
+from .train.checkpoint import load_checkpoint, with_current_names
 
 if TYPE_CHECKING:
     from .modality import Modality
@@ -99,7 +99,7 @@ def _load_export(folder: Path, modalities: Mapping[str, "Modality"]) -> tuple[En
     config = config_from_dict({"model": info["model"], "data": data}, modalities, saved=True, source=str(cfg_file),
                               sections=("model", "data"))
     encoder = build_encoder(config.model, record)
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    missing, unexpected = encoder.load_state_dict(with_current_names(state, encoder), strict=False)
     if missing or unexpected:
         raise DataError(f"{weights} does not match its config: missing {missing}, unexpected {unexpected}")
     return encoder.eval(), config
@@ -111,7 +111,10 @@ def _load_checkpoint(path: Path, modalities: Mapping[str, "Modality"]) -> tuple[
     config = config_from_dict(state["config"], modalities, saved=True, source=str(path))
     encoder = build_encoder(config.model, record)
     prefix = "encoder."
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in state["student"].items() if k.startswith(prefix)})
+    weights = {k[len(prefix):]: v for k, v in state["student"].items() if k.startswith(prefix)}
+    missing, unexpected = encoder.load_state_dict(with_current_names(weights, encoder), strict=False)
+    if missing or unexpected:
+        raise DataError(f"{path} does not match its config: missing {missing}, unexpected {unexpected}")
     return encoder.eval(), config
 
 

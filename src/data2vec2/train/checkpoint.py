@@ -53,3 +53,17 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise TrainingError(f"cannot load checkpoint {path}: {e}") from None
+
+
+def with_current_names(state: dict, module: torch.nn.Module) -> dict:
+    """`state` with the parameter names `module` expects. Version 0.1.0 kept the local encoder's
+    parts (patch_embed, feature_extractor, token_embed, ...) directly in the encoder; they now sit
+    under `local_encoder.`, so 0.1.0 checkpoints and exports load as they are."""
+    expected = set(module.state_dict())
+    renamed = {}
+    for key, value in state.items():
+        candidates = [key, f"local_encoder.{key}"]
+        if key.startswith("encoder."):
+            candidates.append(f"encoder.local_encoder.{key[len('encoder.'):]}")
+        renamed[next((c for c in candidates if c in expected), key)] = value
+    return renamed

@@ -17,6 +17,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..model import Data2Vec2, build_model
 from . import distributed
+from .checkpoint import with_current_names
 from .optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
@@ -94,8 +95,8 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     optimizer = build_optimizer(model.student, config.optim, device)
     scheduler = build_scheduler(optimizer, config.optim, train.max_steps)
     if state is not None:
-        model.student.load_state_dict(state["student"])
-        model.teacher.load_state_dict(state["teacher"])
+        model.student.load_state_dict(with_current_names(state["student"], model.student))
+        model.teacher.load_state_dict(with_current_names(state["teacher"], model.teacher))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]
