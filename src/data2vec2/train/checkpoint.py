@@ -12,6 +12,11 @@ import os
 import re
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
+
 import torch
 
 from ..errors import TrainingError
@@ -67,3 +72,39 @@ def with_current_names(state: dict, module: torch.nn.Module) -> dict:
             candidates.append(f"encoder.local_encoder.{key[len('encoder.'):]}")
         renamed[next((c for c in candidates if c in expected), key)] = value
     return renamed
+
+
+class RunLock:
+    """An OS file lock on <run folder>/.lock while a process trains in it, so that a second process
+    on the same folder stops with a message instead of interleaving logs and checkpoints. The OS
+    releases the lock when the process ends, however it ends: a killed run leaves no stale lock."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.file = None
+
+    def __enter__(self) -> "RunLock":
+        if fcntl is None:  # no POSIX locks on this platform: run unlocked
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            file.close()
+            raise TrainingError(f"{self.path.parent} is in use by process {holder}; wait for it to end, or "
+                                f"use another --run-dir") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self.file = file
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None

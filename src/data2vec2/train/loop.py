@@ -3,6 +3,8 @@ nothing of modalities: the modality's record supplies the model's parts and the 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import sys
 import time
@@ -17,11 +19,11 @@ from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..data.collate import ResumableSampler
 from ..errors import ConfigError, DataError, TrainingError
 from . import distributed
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import RunLock, find_checkpoint, load_checkpoint, save_checkpoint
 from .flops import measure_matmul_flops
 from .logger import MetricsLogger
 from .setup import Training, setup_training
-from .step import train_step
+from .step import NonFiniteUpdate, train_step
 
 if TYPE_CHECKING:
     from ..modality import Modality
@@ -55,11 +57,19 @@ def _check_resumable(config: Config, saved: dict, run_dir: Path, modality: "Moda
 
 def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resume: bool = True, progress: bool = True,
              max_steps: int | None = None) -> dict:
-    """Pre-train into `run_dir`; resumes automatically from run_dir/checkpoints/last.pt.
+    """Pre-train into `run_dir`; resumes automatically from run_dir/checkpoints/last.pt. One process
+    (of torchrun's: rank 0) locks the folder for the run's life.
 
     `max_steps` stops this invocation early (for tests); the schedule still follows the config.
     Returns a summary dict (steps, seconds, stop reason, the last logged metrics, ...)."""
     run_dir = Path(run_dir)
+    lock = RunLock(run_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with lock:
+        return _pretrain(config, run_dir, modality, resume=resume, progress=progress, max_steps=max_steps)
+
+
+def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bool, progress: bool,
+              max_steps: int | None) -> dict:
     train = config.train
     if not config.data.train:
         raise ConfigError("data.train: name the training data (a prepared set, a folder or a manifest)")
@@ -71,6 +81,7 @@ def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resum
     data = modality.pretraining_data(config)
     training = setup_training(config, modality, state)
     step = int(state["step"]) if state is not None else 0
+    saved_step = step
     info = training.dist
     sampler = ResumableSampler(len(data.dataset), training.micro_batch, info.world_size, info.rank, train.grad_accum,
                                train.seed, lengths=data.lengths)
@@ -114,7 +125,13 @@ def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resum
                     raise DataError(b["errors"][0] + " (data.on_bad_file=stop; set it to skip to go on)")
                 skipped_files += len(b["errors"])
         log_step = (step + 1) % train.log_every == 0 or step + 1 == total_steps
-        result = train_step(training, micro_batches, step, with_metrics=log_step)
+        try:
+            result = train_step(training, micro_batches, step, with_metrics=log_step)
+        except NonFiniteUpdate as e:
+            saved = f"update {saved_step}" if saved_step else "no checkpoint yet"
+            raise TrainingError(f"{e}. Nothing was saved for it; the newest checkpoint on disk ({saved}) holds "
+                                f"only finite weights. Resume with a lower optim.lr (it is applied on resume) "
+                                f"or train.precision=fp32.") from None
         step += 1
 
         window_samples += train.batch_size
@@ -136,6 +153,7 @@ def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resum
             _check_collapse(config, step, result.metrics)
         if step % train.checkpoint_every == 0 or step == total_steps or out_of_time:
             _save(training, step, run_dir)
+            saved_step = step
         if out_of_time:
             stop_reason = "time_budget"
             break
@@ -164,6 +182,13 @@ def _check_collapse(config: Config, step: int, metrics: dict) -> None:
 
 
 def _save(training: Training, step: int, run_dir: Path) -> None:
+    """A checkpoint of update `step`; refused (nothing written) if any weight is not finite."""
+    for part in ("student", "teacher"):
+        bad = [name for name, t in getattr(training.model, part).state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise TrainingError(f"update {step}: {len(bad)} {part} tensors are not finite ({bad[0]}, ...); "
+                                f"no checkpoint was written, the newest one on disk is unchanged")
     rng_states = distributed.all_gather_objects(torch.get_rng_state())
     if training.dist.is_main:
         state = {

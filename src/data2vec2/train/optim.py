@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
+from ..errors import ConfigError
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -40,7 +41,20 @@ def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int,
+                    start_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup + cosine on the peak `cfg.lr`, positioned after `start_step` updates (a resume)."""
     min_ratio = cfg.min_lr / cfg.lr
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, max_steps, min_ratio))
+        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, max_steps, min_ratio), last_epoch=start_step - 1)
+
+
+def apply_optim_config(optimizer: torch.optim.Optimizer, model: nn.Module, cfg: OptimConfig) -> None:
+    """Set the hyper-parameters of a restored optimizer from `cfg` (its moments stay): what a resume
+    with changed optim.* settings does. The schedule is rebuilt from `cfg` by `build_scheduler`."""
+    groups = param_groups(model, cfg)
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ConfigError("optim.decay_1d_params differs from the checkpoint's: the parameter groups would change; "
+                          "use a new run folder or --no-resume")
+    for group, new in zip(optimizer.param_groups, groups):
+        group.update(initial_lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=new["weight_decay"])

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import Config
+from ..config import Config, config_to_dict
 from ..errors import ConfigError
 from ..model import Data2Vec2, build_model
 from . import distributed
 from .checkpoint import with_current_names
-from .optim import build_optimizer, build_scheduler
+from .optim import apply_optim_config, build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
     from ..modality import Modality
@@ -98,7 +98,12 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
         model.student.load_state_dict(with_current_names(state["student"], model.student))
         model.teacher.load_state_dict(with_current_names(state["teacher"], model.teacher))
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        # The optimizer keeps its moments; its settings and the schedule come from the config, so a
+        # resume with a changed optim.* (say a lower lr after a NaN) applies it from the saved step.
+        apply_optim_config(optimizer, model.student, config.optim)
+        scheduler = build_scheduler(optimizer, config.optim, train.max_steps, start_step=int(state["step"]))
+        if info.is_main:
+            _report_optim_changes(state.get("config", {}).get("optim", {}), config, int(state["step"]))
         rng = state["rng"]
         torch.set_rng_state(rng[info.rank % len(rng)])
     else:
@@ -111,3 +116,11 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     model.train()
     return Training(config=config, model=model, student=student, optimizer=optimizer, scheduler=scheduler,
                     device=device, dtype=pick_dtype(train.precision, device), dist=info)
+
+
+def _report_optim_changes(saved: dict, config: Config, step: int) -> None:
+    current = config_to_dict(config.optim)
+    changed = [f"optim.{k} {saved.get(k)} -> {v}" for k, v in current.items() if saved.get(k) != v]
+    if changed:
+        print(f"[data2vec2] resuming at update {step} with changed settings, applied from here: "
+              + ", ".join(changed), flush=True)

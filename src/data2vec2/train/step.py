@@ -4,8 +4,8 @@
     loss       = (sum over all of them of the masked-token losses) / (the update's masked count)
     then       : clip -> AdamW step -> LR schedule step -> EMA teacher step with tau(update)
 
-The host waits for the device once per update (the loss, to refuse a non-finite one before the
-optimizer step); health metrics are computed only when asked for (logging steps).
+The host waits for the device once per update (the loss and the gradient norm: a non-finite one is
+refused before the optimizer step); health metrics are computed only when asked for (logging steps).
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ import torch
 from ..errors import TrainingError
 from . import distributed
 from .setup import Training
+
+
+class NonFiniteUpdate(TrainingError):
+    """A non-finite loss or gradient: the update is refused before the optimizer step."""
 
 
 @dataclass
@@ -52,12 +56,14 @@ def train_step(training: Training, micro_batches: list[dict], step: int, with_me
             metric_sums[name] = metric_sums.get(name, 0.0) + value / len(micro_batches)
 
     loss = float(distributed.all_reduce_sum(loss_total.cpu()))
-    if not math.isfinite(loss):
-        training.optimizer.zero_grad(set_to_none=True)
-        raise TrainingError(f"the loss is {loss} at update {step + 1}; nothing was saved for this update "
-                            f"(the last checkpoint is intact). Lower optim.lr or use train.precision=fp32.")
     clip = training.config.optim.clip_norm
+    # the norm before clipping; after DDP's all-reduce it is the same on every process
     grad_norm = torch.nn.utils.clip_grad_norm_(model.student.parameters(), clip if clip > 0 else float("inf"))
+    if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
+        training.optimizer.zero_grad(set_to_none=True)
+        what = f"the loss is {loss}" if not math.isfinite(loss) else \
+            f"the gradient norm is {float(grad_norm)} (the loss is {loss:.4g})"
+        raise NonFiniteUpdate(f"{what} at update {step + 1}; this update was not applied")
     training.optimizer.step()
     training.scheduler.step()
     training.optimizer.zero_grad(set_to_none=True)
