@@ -15,6 +15,7 @@ encoder, masked or not, is the one written here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -109,16 +110,18 @@ def make_block(cfg: ModelConfig, drop_path: float = 0.0) -> Block:
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, local_encoder: LocalEncoder):
+    def __init__(self, cfg: ModelConfig, make_local_encoder: Callable[[ModelConfig], LocalEncoder]):
+        """`make_local_encoder(cfg)` is called after the blocks exist: with that order (and the
+        local encoder registered last) a seed gives the same initial weights as version 0.1.0."""
         super().__init__()
         self.cfg = cfg
         D = cfg.embed_dim
         # drop-path rises linearly over the shared blocks; the prenet reuses the first entries
         rates = torch.linspace(0, cfg.drop_path, max(cfg.depth, 1)).tolist()
-        self.context_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if local_encoder.normalize_context else nn.Identity()
         self.prenet = nn.ModuleList(make_block(cfg, rates[min(i, len(rates) - 1)]) for i in range(cfg.prenet_depth))
         self.blocks = nn.ModuleList(make_block(cfg, rates[i]) for i in range(cfg.depth))
-        # registered last, so that the BERT init (build_encoder) visits the blocks first, as in 0.1
+        local_encoder = make_local_encoder(cfg)
+        self.context_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if local_encoder.normalize_context else nn.Identity()
         self.local_encoder = local_encoder
 
     @property

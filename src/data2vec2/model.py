@@ -222,7 +222,7 @@ class Data2Vec2(nn.Module):
 def build_encoder(model_config: ModelConfig, modality: "Modality") -> Encoder:
     """The encoder of `model_config`: the modality's local encoder, then the shared path. Every
     Linear, Embedding and LayerNorm gets the BERT init, then the local encoder its own."""
-    encoder = Encoder(model_config, modality.local_encoder(model_config))
+    encoder = Encoder(model_config, modality.local_encoder)
     encoder.apply(init_bert)
     encoder.local_encoder.reset_parameters()
     return encoder
