@@ -18,8 +18,9 @@ import torch
 from timing import time_updates
 
 from data2vec2 import load_config
+from data2vec2.modalities import MODALITIES
 from data2vec2.modalities.audio.data import AudioMaskingCollate
-from data2vec2.modalities.audio.encoder import num_frames, step_flops
+from data2vec2.modalities.audio.encoder import num_frames
 
 
 def synthetic_batch(config) -> dict:
@@ -34,7 +35,7 @@ def time_steps(config, precision: str, steps: int) -> dict:
     B, L = config.train.batch_size, config.data.max_samples
     result = time_updates(config, synthetic_batch(config), precision, steps)
     w, c, peak, threads = result["step_s"], result["cpu_s"], result["peak_flops"], result["threads"]
-    flops = step_flops(config, B, L)
+    flops = MODALITIES["audio"].step_flops(config, B, L)
     return {"precision": result["precision"], "batch": B, "samples": L,
             "frames": num_frames(config.model.audio.conv_layers, L),
             "wall_s_per_step": round(w, 3), "cpu_s_per_step": round(c, 3), "threads": threads,

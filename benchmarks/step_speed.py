@@ -17,8 +17,8 @@ import torch
 from timing import hardware, time_updates
 
 from data2vec2 import load_config
+from data2vec2.modalities import MODALITIES
 from data2vec2.modalities.image.data import ImageMaskingCollate
-from data2vec2.modalities.image.encoder import step_flops
 
 
 def synthetic_batch(config) -> dict:
@@ -34,7 +34,7 @@ def synthetic_batch(config) -> dict:
 def time_steps(config, precision: str, steps: int) -> dict:
     result = time_updates(config, synthetic_batch(config), precision, steps)
     B, step_s, peak = config.train.batch_size, result["step_s"], result.pop("peak_flops")
-    flops = step_flops(config, B)
+    flops = MODALITIES["image"].step_flops(config, B, 0)
     return {"precision": result["precision"], "step_s": step_s, "samples_per_s": B / step_s,
             "achieved_gflops": flops / step_s / 1e9, "peak_gflops": peak / 1e9, "mfu": flops / step_s / peak}
 
