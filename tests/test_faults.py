@@ -3,16 +3,21 @@ resume; one process at a time in a run folder."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from conftest import SMALL, SMALL_AUDIO
+from PIL import Image
 
 import data2vec2
-from data2vec2.errors import TrainingError
+from data2vec2.errors import DataError, TrainingError
 from data2vec2.train.logger import read_metrics
 
 
@@ -72,3 +77,49 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path, small_over
     # released: a lock left by a killed process is no lock (the OS drops it with the process)
     config = data2vec2.load_config("image-tiny", small_overrides + ["train.max_steps=1"])
     assert data2vec2.pretrain(config, run, progress=False)["steps"] == 1
+
+
+def _half_bad_data(modality: str, root: Path) -> str:
+    """4 readable and 4 unreadable files: a folder of PNGs, or an audio manifest whose sizes let
+    the unreadable ones through to the loader."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    if modality == "image":
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / f"good{i}.png")
+            (root / f"bad{i}.png").write_bytes(b"\x89PNG not an image")
+        return str(root)
+    lines = []
+    for i in range(4):
+        sf.write(root / f"good{i}.wav", rng.standard_normal(16000).astype(np.float32) * 0.1, 16000)
+        (root / f"bad{i}.wav").write_bytes(b"RIFF not audio")
+        lines += [f"good{i}.wav\t16000", f"bad{i}.wav\t16000"]
+    (root / "train.tsv").write_text("\n".join(lines) + "\n")
+    return str(root / "train.tsv")
+
+
+SKIP_SETUP = {"image": ("image-tiny", SMALL + ["data.limit=0"]), "audio": ("audio-tiny", SMALL_AUDIO)}
+
+
+@pytest.mark.parametrize("modality", sorted(SKIP_SETUP))
+def test_skip_mode_replaces_unreadable_samples_and_reports_each_file_once(modality, tmp_path, capfd):
+    preset, overrides = SKIP_SETUP[modality]
+    data = _half_bad_data(modality, tmp_path / "data")
+    # batch 2 from 4 readable + 4 unreadable files: some micro-batches are wholly unreadable
+    o = overrides + [f"data.train={data}", "data.on_bad_file=skip", "train.batch_size=2", "train.max_steps=8",
+                     "data.num_workers=0"]
+    result = data2vec2.pretrain(data2vec2.load_config(preset, o), tmp_path / "run", progress=False)
+    assert result["steps"] == 8 and result["skipped_files"] == 4
+    lines = capfd.readouterr().err.splitlines()
+    for i in range(4):
+        assert sum(f"bad{i}." in line for line in lines) == 1, lines
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "run" / "metrics.jsonl"))
+
+
+def test_skip_mode_stops_when_nothing_is_readable(tmp_path):
+    data = _half_bad_data("image", tmp_path / "data")
+    for p in Path(data).glob("good*"):
+        p.write_bytes(b"broken too")
+    o = SMALL + ["data.limit=0", f"data.train={data}", "data.on_bad_file=skip", "train.batch_size=2"]
+    with pytest.raises(DataError, match="no readable sample is left, all 8 failed to read"):
+        data2vec2.pretrain(data2vec2.load_config("image-tiny", o), tmp_path / "run", progress=False)

@@ -8,7 +8,8 @@ A batch is a dict:
     mask        (B*M, T)    bool, True = masked; rows b*M .. b*M+M-1 belong to sample b
     noise_seed  (B,)        int64, seeds the mask-token noise of each sample
     index       (B,)        int64, the samples' dataset indices
-    errors      list[str]   messages of the samples that could not be read (left out)
+    errors      list[str]   messages of the samples that could not be read (left out or replaced)
+    exhausted   bool        a sample could not be replaced: no readable sample is left
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Stream(IntEnum):
     NOISE = 2  # the seed of the mask-token noise
     CROP = 3  # audio: the crop of a long file
     BATCH_CROP = 4  # audio: the crop of each sample to the batch's shortest
+    REPLACE = 5  # the order in which an unreadable sample's replacements are tried
 
 
 def sample_rng(seed: int, epoch: int, index: int, stream: Stream) -> np.random.Generator:
@@ -56,11 +58,12 @@ class MaskingCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         good = [s for s in items if "error" not in s]
-        errors = [s["error"] for s in items if "error" in s]
+        errors = [e for s in items for e in ([s["error"]] if "error" in s else s.get("replaced", []))]
+        exhausted = any(s.get("exhausted", False) for s in items)
         if not good:
             return {"inputs": torch.empty(0), "mask": torch.zeros(0, 0, dtype=torch.bool),
                     "noise_seed": torch.zeros(0, dtype=torch.int64), "index": torch.zeros(0, dtype=torch.int64),
-                    "errors": errors}
+                    "errors": errors, "exhausted": exhausted}
         inputs, masks = self.inputs_and_masks(good)
         seeds = [self.rng(s["index"], Stream.NOISE).integers(2**62) for s in good]
         return {
@@ -69,7 +72,54 @@ class MaskingCollate:
             "noise_seed": torch.tensor(seeds, dtype=torch.int64),
             "index": torch.tensor([int(s["index"]) for s in good], dtype=torch.int64),
             "errors": errors,
+            "exhausted": exhausted,
         }
+
+
+class ReplaceUnreadable(torch.utils.data.Dataset):
+    """data.on_bad_file=skip: an unreadable sample is replaced by the first readable one in an
+    order drawn from its own stream (seed, epoch, index, REPLACE), so every batch stays full (and
+    every process's batch in DDP) and a resumed run draws the same replacement. The replacement
+    carries the messages of the unreadable files it stands in for under "replaced". When no sample
+    is readable, the unreadable item comes back with "exhausted": True.
+
+    Unreadable indices are remembered per process (a worker's copy), only to avoid reading them
+    again; the choice does not depend on it."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+        self.epoch = 0
+        self.unreadable: dict[int, str] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _read(self, i: int) -> dict:
+        if i in self.unreadable:
+            return {"index": i, "error": self.unreadable[i]}
+        item = self.dataset[i]
+        if "error" in item:
+            self.unreadable[i] = item["error"]
+        return item
+
+    def __getitem__(self, i: int) -> dict:
+        item = self._read(int(i))
+        if "error" not in item:
+            return item
+        replaced = [item["error"]]
+        for j in sample_rng(self.seed, self.epoch, i, Stream.REPLACE).permutation(len(self.dataset)).tolist():
+            if j == i:
+                continue
+            candidate = self._read(j)
+            if "error" not in candidate:
+                return {**candidate, "replaced": replaced}
+            replaced.append(candidate["error"])
+        return {**item, "exhausted": True}
 
 
 class ResumableSampler(torch.utils.data.Sampler):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import Config, config_from_dict, config_to_dict, save_config
-from ..data.collate import ResumableSampler
+from ..data.collate import ReplaceUnreadable, ResumableSampler
 from ..errors import ConfigError, DataError, TrainingError
 from . import distributed
 from .checkpoint import RunLock, find_checkpoint, load_checkpoint, save_checkpoint
@@ -79,21 +79,22 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
         _check_resumable(config, state["config"], run_dir, modality)
 
     data = modality.pretraining_data(config)
+    dataset = ReplaceUnreadable(data.dataset, train.seed) if config.data.on_bad_file == "skip" else data.dataset
     training = setup_training(config, modality, state)
     step = int(state["step"]) if state is not None else 0
     saved_step = step
     info = training.dist
-    sampler = ResumableSampler(len(data.dataset), training.micro_batch, info.world_size, info.rank, train.grad_accum,
+    sampler = ResumableSampler(len(dataset), training.micro_batch, info.world_size, info.rank, train.grad_accum,
                                train.seed, lengths=data.lengths)
     # The loader's own generator: starting an epoch (iter(loader) draws the workers' base seed) must
     # not draw from the global generator, whose state a resumed run restores for dropout. Every
     # random draw of a sample comes from its own stream anyway (data/collate.py).
     loader = torch.utils.data.DataLoader(
-        data.dataset, batch_size=training.micro_batch, sampler=sampler, collate_fn=data.collate,
+        dataset, batch_size=training.micro_batch, sampler=sampler, collate_fn=data.collate,
         num_workers=config.data.num_workers, pin_memory=training.device.type == "cuda", drop_last=False,
         persistent_workers=False, prefetch_factor=4 if config.data.num_workers > 0 else None,
         generator=torch.Generator().manual_seed(train.seed))
-    batches = _batches(loader, sampler, data.collate, data.dataset, step)
+    batches = _batches(loader, sampler, data.collate, dataset, step)
 
     total_steps = train.max_steps if max_steps is None else min(train.max_steps, max_steps)
     if info.is_main:
@@ -112,7 +113,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
 
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and info.is_main), desc="pretrain",
                dynamic_ncols=True, file=sys.stdout)
-    skipped_files = 0
+    skipped: set[str] = set()  # the messages of the unreadable files met so far, each printed once
     start_time = time.perf_counter()
     window_time, window_samples, window_steps = start_time, 0, 0
     last: dict = {}
@@ -120,10 +121,16 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     while step < total_steps:
         micro_batches = [next(batches) for _ in range(train.grad_accum)]
         for b in micro_batches:
-            if b["errors"]:
-                if config.data.on_bad_file == "stop":
-                    raise DataError(b["errors"][0] + " (data.on_bad_file=stop; set it to skip to go on)")
-                skipped_files += len(b["errors"])
+            if b["errors"] and config.data.on_bad_file == "stop":
+                raise DataError(b["errors"][0] + " (data.on_bad_file=stop; set it to skip to go on)")
+            if b["exhausted"]:
+                raise DataError(f"data.train={config.data.train}: no readable sample is left, all {len(dataset)} "
+                                f"failed to read (first: {b['errors'][0]})")
+            for message in b["errors"]:
+                if message not in skipped:
+                    skipped.add(message)
+                    if info.is_main:
+                        tqdm.write(f"[data2vec2] skipped: {message}", file=sys.stderr)
         log_step = (step + 1) % train.log_every == 0 or step + 1 == total_steps
         try:
             result = train_step(training, micro_batches, step, with_metrics=log_step)
@@ -146,7 +153,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
             last = {"loss": result.loss, "lr": training.scheduler.get_last_lr()[0], "ema_decay": result.tau,
                     "grad_norm": float(result.grad_norm), "samples_per_s": rate,
                     "mfu": data.step_flops * (window_steps / max(now - window_time, 1e-9)) / peak if peak else 0.0,
-                    "skipped_files": skipped_files, "epoch": step // sampler.steps_per_epoch, "elapsed_s": elapsed,
+                    "skipped_files": len(skipped), "epoch": step // sampler.steps_per_epoch, "elapsed_s": elapsed,
                     **result.metrics}
             logger.log(step, last)
             window_time, window_samples, window_steps = now, 0, 0
@@ -163,7 +170,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     seconds = time.perf_counter() - start_time
     distributed.barrier()
     return {"steps": step, "seconds": seconds, "stop_reason": stop_reason, "last": last,
-            "skipped_files": skipped_files, "run_dir": str(run_dir)}
+            "skipped_files": len(skipped), "run_dir": str(run_dir)}
 
 
 def _check_collapse(config: Config, step: int, metrics: dict) -> None:
