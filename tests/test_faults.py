@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import SMALL, SMALL_AUDIO
+from conftest import SMALL, SMALL_AUDIO, SMALL_TEXT
 from PIL import Image
 
 import data2vec2
@@ -123,3 +125,120 @@ def test_skip_mode_stops_when_nothing_is_readable(tmp_path):
     o = SMALL + ["data.limit=0", f"data.train={data}", "data.on_bad_file=skip", "train.batch_size=2"]
     with pytest.raises(DataError, match="no readable sample is left, all 8 failed to read"):
         data2vec2.pretrain(data2vec2.load_config("image-tiny", o), tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_current_update_and_stops_the_workers(signum, tmp_path, small_overrides):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    p = subprocess.Popen([sys.executable, "-m", "data2vec2", "pretrain", "image-tiny", "--run-dir", str(run),
+                          "--no-progress", *small_overrides, "train.max_steps=10000", "train.checkpoint_every=10000",
+                          "data.num_workers=2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signum)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signum, err[-2000:]
+    state = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert f"stopped by {signal.Signals(signum).name} at update {state['step']}" in err and "Traceback" not in err
+    assert state["step"] >= 3 and finite(state)
+    assert read_metrics(metrics)[-1]["step"] == state["step"]
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid).count(str(run))]
+    assert not left, "DataLoader workers outlived the run"
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_a_resumed_run_logs_each_update_once(tmp_path, small_overrides):
+    o = small_overrides + ["train.max_steps=4", "train.checkpoint_every=2"]
+    config = data2vec2.load_config("image-tiny", o)
+    data2vec2.pretrain(config, tmp_path / "run", progress=False, max_steps=2)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with metrics.open("a") as f:  # a run killed after logging update 3 (not saved) in the middle of a line
+        f.write('{"step": 3, "loss": 1.0}\n{"step": 4, "lo')
+    data2vec2.pretrain(config, tmp_path / "run", progress=False)
+    assert [row["step"] for row in read_metrics(metrics)] == [1, 2, 3, 4]
+
+
+# -- text data -------------------------------------------------------------------------------
+
+
+def test_a_text_folder_of_bad_files_is_a_clear_error(tmp_path, tokenizer_file):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "empty.txt").write_text("\n")
+    (folder / "binary.txt").write_bytes(b"a\x00b")
+    o = SMALL_TEXT + [f"data.train={folder}", f"data.cache_dir={tmp_path / 'cache'}", "data.on_bad_file=skip"]
+    for tokenizer in (str(tokenizer_file), ""):  # given, or trained on the data
+        config = data2vec2.load_config("text-tiny", o + [f"data.tokenizer={tokenizer}"])
+        with pytest.raises(DataError, match=r"no text to read: 0 readable file\(s\) hold no document; skipped 2 bad"):
+            data2vec2.pretrain(config, tmp_path / "run", progress=False)
+
+
+def test_the_tokenizer_command_names_its_own_option(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"a\x00b")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    r = subprocess.run([sys.executable, "-m", "data2vec2", "tokenizer", str(tmp_path / "bad.txt"), "--out",
+                        str(tmp_path / "tok.json"), "--on-bad-file", "stop"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "(--on-bad-file=stop; set it to skip" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("damage", ["empty", "torn", "short tokens"])
+def test_a_damaged_token_cache_is_rebuilt(damage, real_text, tokenizer_file, tmp_path, capsys):
+    from data2vec2.modalities.text.data import open_tokens, tokenize_files
+
+    files = sorted(real_text.glob("*.txt"))
+    folder = tokenize_files(files, tokenizer_file, tmp_path, "paragraph", "stop", progress=False)
+    tokens = np.array(open_tokens(folder)[0])
+    meta = folder / "meta.json"
+    if damage == "empty":
+        meta.write_text("")
+    elif damage == "torn":
+        meta.write_text(meta.read_text()[:30])
+    else:
+        (folder / "tokens.bin").write_bytes((folder / "tokens.bin").read_bytes()[:100])
+    assert tokenize_files(files, tokenizer_file, tmp_path, "paragraph", "stop", progress=False) == folder
+    assert "rebuilding the token cache" in capsys.readouterr().out
+    np.testing.assert_array_equal(open_tokens(folder)[0], tokens)
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def test_a_kill_between_link_and_rename_leaves_every_step_file_true_to_its_name(tmp_path, small_overrides):
+    o = small_overrides + ["train.max_steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=10"]
+    config = data2vec2.load_config("image-tiny", o)
+    data2vec2.pretrain(config, tmp_path / "run", progress=False, max_steps=2)
+    folder = tmp_path / "run" / "checkpoints"
+    os.link(folder / "step_000000001.pt", folder / ".last.pt.tmp")  # killed after the link, before the rename
+    data2vec2.pretrain(config, tmp_path / "run", progress=False)
+    for path in sorted(folder.glob("step_*.pt")):
+        assert torch.load(path, weights_only=True)["step"] == int(path.stem[5:]), path.name
+    assert torch.load(folder / "last.pt", weights_only=True)["step"] == 4
+
+
+def test_a_truncated_last_checkpoint_falls_back_to_the_newest_readable_step(tmp_path, small_overrides, capsys):
+    o = small_overrides + ["train.max_steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=3"]
+    config = data2vec2.load_config("image-tiny", o)
+    data2vec2.pretrain(config, tmp_path / "run", progress=False, max_steps=3)
+    folder = tmp_path / "run" / "checkpoints"
+    for name in ("last.pt", "step_000000003.pt"):  # one inode: a full disk truncated both names
+        data = (folder / name).read_bytes()
+        (folder / name).unlink()
+        (folder / name).write_bytes(data[:len(data) // 2])
+    assert data2vec2.pretrain(config, tmp_path / "run", progress=False)["steps"] == 4
+    out = capsys.readouterr().out
+    assert "cannot load checkpoint" in out and "last.pt" in out and "resuming from" in out
+    assert "step_000000002.pt (update 2)" in out
+    for name in ("step_000000002.pt", "step_000000003.pt", "step_000000004.pt"):
+        (folder / name).write_bytes(b"garbage")
+    (folder / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(TrainingError, match=r"no readable checkpoint in .*Remove the unreadable files"):
+        data2vec2.pretrain(config, tmp_path / "run", progress=False)

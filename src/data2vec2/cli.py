@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import Data2Vec2Error
+from .errors import Data2Vec2Error, Interrupted
 
 
 def cmd_presets(args) -> None:
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except Data2Vec2Error as e:
         print(f"data2vec2: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # a signal during training: the update it arrived in was finished and saved
+        print(f"data2vec2: {e}", file=sys.stderr)
+        return 128 + e.signal_number
     except KeyboardInterrupt:
         print("data2vec2: interrupted; the last checkpoint on disk is complete (resume with the same command)",
               file=sys.stderr)

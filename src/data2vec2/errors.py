@@ -15,3 +15,12 @@ class DataError(Data2Vec2Error):
 
 class TrainingError(Data2Vec2Error):
     """Training cannot go on: a NaN loss, a collapsed representation, a bad checkpoint."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT (Ctrl-C) or SIGTERM (a cluster scheduler) after saving a
+    checkpoint at the current update. A KeyboardInterrupt, so that code above stops as on Ctrl-C."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number

@@ -25,18 +25,21 @@ STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
 
 def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
-    """Write `state` as step_<step>.pt and last.pt; each file is written to a temporary name and
-    renamed, so a file on disk is always complete. Older step files beyond `keep` are removed."""
+    """Write `state` as step_<step>.pt and last.pt. Each name only ever appears by a rename of a
+    complete, synced file: step_<step>.pt from a fresh temporary file, last.pt from a fresh hard
+    link to it (a copy where links are not supported). A kill at any point leaves every visible
+    file complete, with the content its name says. Step files beyond the `keep` newest are removed."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step_{step:09d}.pt"
     tmp = folder / f".{target.name}.tmp"
-    torch.save(state, tmp)
+    _write(state, tmp)
     os.replace(tmp, target)
     tmp_last = folder / ".last.pt.tmp"
+    tmp_last.unlink(missing_ok=True)  # a link left by a killed save would let the copy below overwrite a step file
     try:
         os.link(target, tmp_last)  # a hard link: last.pt costs no extra space
     except OSError:
-        torch.save(state, tmp_last)
+        _write(state, tmp_last)
     os.replace(tmp_last, folder / "last.pt")
     steps = sorted(p for p in folder.glob("step_*.pt") if STEP_FILE.search(p.name))
     for old in steps[:-keep] if keep > 0 else steps:
@@ -45,9 +48,39 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
     return target
 
 
-def find_checkpoint(run_dir: Path) -> Path | None:
-    last = run_dir / "checkpoints" / "last.pt"
-    return last if last.exists() else None
+def _write(state: dict, path: Path) -> None:
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+RESUME_KEYS = ("student", "teacher", "optimizer", "scheduler", "step", "rng", "config")
+
+
+def load_resume_state(run_dir: Path) -> dict | None:
+    """The newest complete checkpoint of a run folder: last.pt, or when that cannot be read (a
+    file truncated by a full disk, say), the newest readable step file, with a message. None if
+    the folder has no checkpoint; TrainingError naming the files if none can be read."""
+    folder = run_dir / "checkpoints"
+    steps = sorted((p for p in folder.glob("step_*.pt") if STEP_FILE.search(p.name)), reverse=True)
+    candidates = [p for p in [folder / "last.pt"] if p.exists()] + steps
+    if not candidates:
+        return None
+    problems = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+            _check_resume_state(state, path)
+        except TrainingError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            print(f"[data2vec2] {problems[0]}; resuming from {path} (update {state['step']})", flush=True)
+        return state
+    raise TrainingError(f"no readable checkpoint in {folder}: " + "; ".join(problems) +
+                        f". Remove the unreadable files, or start again with --no-resume")
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -57,7 +90,26 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TrainingError(f"cannot load checkpoint {path}: {e}") from None
+        raise TrainingError(f"cannot load checkpoint {path}: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    """One short line: torch.load's refusals run to a page of advice."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        # the useful line is the one that is neither torch's advice nor its pointer to the docs
+        useful = [ln for ln in lines[1:] if not ln.startswith(("Please file", "Check the documentation"))]
+        return f"not a complete file of tensors (weights-only loading refused it: {(useful or ['?'])[0][:200]})"
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
+def _check_resume_state(state, path: Path) -> None:
+    if not isinstance(state, dict) or any(k not in state for k in RESUME_KEYS):
+        raise TrainingError(f"{path} is not a data2vec2 training checkpoint")
+    for part in ("student", "teacher"):
+        for name, t in state[part].items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise TrainingError(f"{path}: {part} tensor {name} is not finite")
 
 
 def with_current_names(state: dict, module: torch.nn.Module) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,12 +18,13 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..data.collate import ReplaceUnreadable, ResumableSampler
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import ConfigError, DataError, Interrupted, TrainingError
 from . import distributed
-from .checkpoint import RunLock, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import RunLock, load_resume_state, save_checkpoint
 from .flops import measure_matmul_flops
 from .logger import MetricsLogger
 from .setup import Training, setup_training
+from .signals import StopRequests
 from .step import NonFiniteUpdate, train_step
 
 if TYPE_CHECKING:
@@ -73,8 +75,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     train = config.train
     if not config.data.train:
         raise ConfigError("data.train: name the training data (a prepared set, a folder or a manifest)")
-    checkpoint = find_checkpoint(run_dir) if resume else None
-    state = load_checkpoint(checkpoint) if checkpoint else None
+    state = load_resume_state(run_dir) if resume else None
     if state is not None:
         _check_resumable(config, state["config"], run_dir, modality)
 
@@ -100,7 +101,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
-    logger = MetricsLogger(run_dir, enabled=info.is_main)
+    logger = MetricsLogger(run_dir, start_step=step, enabled=info.is_main)
     with torch.random.fork_rng(devices=[training.device] if training.device.type == "cuda" else []):
         # the random test matrices must not come from the training stream (resume equality)
         peak = measure_matmul_flops(training.device, training.dtype) if info.is_main else 0.0
@@ -118,59 +119,81 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     window_time, window_samples, window_steps = start_time, 0, 0
     last: dict = {}
     stop_reason = "max_steps"
-    while step < total_steps:
-        micro_batches = [next(batches) for _ in range(train.grad_accum)]
-        for b in micro_batches:
-            if b["errors"] and config.data.on_bad_file == "stop":
-                raise DataError(b["errors"][0] + " (data.on_bad_file=stop; set it to skip to go on)")
-            if b["exhausted"]:
-                raise DataError(f"data.train={config.data.train}: no readable sample is left, all {len(dataset)} "
-                                f"failed to read (first: {b['errors'][0]})")
-            for message in b["errors"]:
-                if message not in skipped:
-                    skipped.add(message)
-                    if info.is_main:
-                        tqdm.write(f"[data2vec2] skipped: {message}", file=sys.stderr)
-        log_step = (step + 1) % train.log_every == 0 or step + 1 == total_steps
+    with StopRequests() as stop:
         try:
-            result = train_step(training, micro_batches, step, with_metrics=log_step)
-        except NonFiniteUpdate as e:
-            saved = f"update {saved_step}" if saved_step else "no checkpoint yet"
-            raise TrainingError(f"{e}. Nothing was saved for it; the newest checkpoint on disk ({saved}) holds "
-                                f"only finite weights. Resume with a lower optim.lr (it is applied on resume) "
-                                f"or train.precision=fp32.") from None
-        step += 1
+            while step < total_steps:
+                if stop.asked(training.device):
+                    _stop(training, step, saved_step, run_dir, stop.received or signal.SIGTERM)
+                micro_batches = [next(batches) for _ in range(train.grad_accum)]
+                _report_unreadable(micro_batches, config, len(dataset), skipped, info.is_main)
+                log_step = (step + 1) % train.log_every == 0 or step + 1 == total_steps
+                try:
+                    result = train_step(training, micro_batches, step, with_metrics=log_step)
+                except NonFiniteUpdate as e:
+                    saved = f"update {saved_step}" if saved_step else "no checkpoint yet"
+                    raise TrainingError(f"{e}. Nothing was saved for it; the newest checkpoint on disk ({saved}) holds "
+                                        f"only finite weights. Resume with a lower optim.lr (it is applied on resume) "
+                                        f"or train.precision=fp32.") from None
+                step += 1
 
-        window_samples += train.batch_size
-        window_steps += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{result.loss:.4f}")
-        elapsed = time.perf_counter() - start_time
-        out_of_time = train.time_budget_s > 0 and elapsed >= train.time_budget_s
-        if log_step or out_of_time:
-            now = time.perf_counter()
-            rate = window_samples / max(now - window_time, 1e-9)
-            last = {"loss": result.loss, "lr": training.scheduler.get_last_lr()[0], "ema_decay": result.tau,
-                    "grad_norm": float(result.grad_norm), "samples_per_s": rate,
-                    "mfu": data.step_flops * (window_steps / max(now - window_time, 1e-9)) / peak if peak else 0.0,
-                    "skipped_files": len(skipped), "epoch": step // sampler.steps_per_epoch, "elapsed_s": elapsed,
-                    **result.metrics}
-            logger.log(step, last)
-            window_time, window_samples, window_steps = now, 0, 0
-            _check_collapse(config, step, result.metrics)
-        if step % train.checkpoint_every == 0 or step == total_steps or out_of_time:
-            _save(training, step, run_dir)
-            saved_step = step
-        if out_of_time:
-            stop_reason = "time_budget"
-            break
+                window_samples += train.batch_size
+                window_steps += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{result.loss:.4f}")
+                elapsed = time.perf_counter() - start_time
+                out_of_time = train.time_budget_s > 0 and elapsed >= train.time_budget_s
+                if log_step or out_of_time:
+                    now = time.perf_counter()
+                    rate = window_samples / max(now - window_time, 1e-9)
+                    last = {"loss": result.loss, "lr": training.scheduler.get_last_lr()[0], "ema_decay": result.tau,
+                            "grad_norm": float(result.grad_norm), "samples_per_s": rate,
+                            "mfu": data.step_flops * (window_steps / max(now - window_time, 1e-9)) / peak if peak else 0.0,
+                            "skipped_files": len(skipped), "epoch": step // sampler.steps_per_epoch, "elapsed_s": elapsed,
+                            **result.metrics}
+                    logger.log(step, last)
+                    window_time, window_samples, window_steps = now, 0, 0
+                    _check_collapse(config, step, result.metrics)
+                if step % train.checkpoint_every == 0 or step == total_steps or out_of_time:
+                    _save(training, step, run_dir)
+                    saved_step = step
+                if out_of_time:
+                    stop_reason = "time_budget"
+                    break
+        finally:
+            batches.close()  # ends the DataLoader workers now, however the loop ends
+            bar.close()
+            logger.close()
 
-    bar.close()
-    logger.close()
     seconds = time.perf_counter() - start_time
     distributed.barrier()
     return {"steps": step, "seconds": seconds, "stop_reason": stop_reason, "last": last,
             "skipped_files": len(skipped), "run_dir": str(run_dir)}
+
+
+def _report_unreadable(micro_batches: list[dict], config: Config, num_samples: int, skipped: set[str],
+                       is_main: bool) -> None:
+    """Stop on an unreadable file (data.on_bad_file=stop) or when none is readable; otherwise print
+    each unreadable file once and remember it in `skipped`."""
+    for b in micro_batches:
+        if b["errors"] and config.data.on_bad_file == "stop":
+            raise DataError(b["errors"][0] + " (data.on_bad_file=stop; set it to skip to go on)")
+        if b["exhausted"]:
+            raise DataError(f"data.train={config.data.train}: no readable sample is left, all {num_samples} "
+                            f"failed to read (first: {b['errors'][0]})")
+        for message in b["errors"]:
+            if message not in skipped:
+                skipped.add(message)
+                if is_main:
+                    tqdm.write(f"[data2vec2] skipped: {message}", file=sys.stderr)
+
+
+def _stop(training: Training, step: int, saved_step: int, run_dir: Path, received: signal.Signals) -> None:
+    """A signal asked to stop: save update `step` (unless it is saved already) and raise Interrupted."""
+    if step != saved_step:
+        _save(training, step, run_dir)
+    where = f"{run_dir / 'checkpoints' / 'last.pt'} holds it" if step else "no update was made"
+    raise Interrupted(f"stopped by {received.name} at update {step}; {where} (resume with the same command)",
+                      int(received))
 
 
 def _check_collapse(config: Config, step: int, metrics: dict) -> None:

@@ -25,8 +25,8 @@ def cmd_tokenizer(args, modality) -> None:
 
     files = find_text_files(",".join(args.files), Path(args.cache))
     report = DocumentReport()
-    out = train_tokenizer(iter_documents(files, args.documents, args.on_bad_file, report), args.vocab_size,
-                          Path(args.out))
+    out = train_tokenizer(iter_documents(files, args.documents, args.on_bad_file, report, option="--on-bad-file"),
+                          args.vocab_size, Path(args.out))
     for line in report.bad or []:
         print(f"skipped: {line}", file=sys.stderr)
     print(f"trained a {args.vocab_size}-token byte-level BPE on {report.documents} documents from {report.files} "

@@ -96,22 +96,27 @@ class DocumentReport:
     bad: list[str] | None = None
 
 
-def iter_documents(files: list[Path], mode: str, on_bad_file: str, report: DocumentReport) -> Iterator[str]:
+def iter_documents(files: Iterable[Path], mode: str, on_bad_file: str, report: DocumentReport,
+                   option: str = "data.on_bad_file") -> Iterator[str]:
     """Documents of all files in order. A bad file stops (on_bad_file="stop") or is skipped and
-    recorded in `report.bad` with its path and reason."""
+    recorded in `report.bad` with its path and reason; if no file is readable, DataError at the
+    end. `option` is the setting's name for messages (the tokenizer command's is --on-bad-file)."""
     report.bad = report.bad if report.bad is not None else []
     for path in files:
         try:
             text = read_text_file(path)
         except BadFile as e:
             if on_bad_file == "stop":
-                raise DataError(f"{e} (data.on_bad_file=stop; set it to skip to go on)") from None
+                raise DataError(f"{e} ({option}=stop; set it to skip to go on)") from None
             report.bad.append(str(e))
             continue
         report.files += 1
         for doc in split_documents(text, mode):
             report.documents += 1
             yield doc
+    if report.documents == 0:
+        detail = f"; skipped {len(report.bad)} bad file(s), first: {report.bad[0]}" if report.bad else ""
+        raise DataError(f"no text to read: {report.files} readable file(s) hold no document{detail}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,18 +195,24 @@ def ensure_tokenizer(spec: str, files: list[Path], vocab_size: int, cache_dir: P
 def tokenize_files(files: list[Path], tokenizer_path: Path, cache_dir: Path, mode: str, on_bad_file: str,
                    progress: bool = True) -> Path:
     """Tokenise `files` once into `<cache>/text/tokens-<key>/tokens.bin` (+ meta.json) and return
-    that folder. Each document contributes its BPE ids followed by </s>."""
+    that folder. Each document contributes its BPE ids followed by </s>. Both files are written to
+    temporary names and renamed, meta.json last; a folder whose meta.json is missing, torn or does
+    not match tokens.bin is built again."""
     from tqdm import tqdm
 
     key = hashlib.sha256(f"{_files_key(files)}|{file_digest(tokenizer_path)}|{mode}".encode()).hexdigest()[:16]
     folder = cache_dir / "text" / f"tokens-{key}"
-    if (folder / "meta.json").exists():
+    problem = _token_cache_problem(folder)
+    if problem is None:
         return folder
+    if (folder / "meta.json").exists():
+        print(f"[data2vec2] rebuilding the token cache {folder}: {problem}", flush=True)
     tok = load_tokenizer(tokenizer_path)
     dtype = np.uint16 if tok.get_vocab_size() <= 65535 else np.uint32
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "tokens.bin.tmp"
+    tmp = folder / f".tokens.bin.{os.getpid()}.tmp"
     report, total = DocumentReport(), 0
+    bar = tqdm(files, desc="tokenise", unit="file", disable=not progress, dynamic_ncols=True)
     with open(tmp, "wb") as out:
         batch: list[str] = []
 
@@ -214,19 +225,35 @@ def tokenize_files(files: list[Path], tokenizer_path: Path, cache_dir: Path, mod
             batch.clear()
             return n
 
-        bar = tqdm(files, desc="tokenise", unit="file", disable=not progress, dynamic_ncols=True)
-        for path in bar:
-            for doc in iter_documents([path], mode, on_bad_file, report):
-                batch.append(doc)
-                if len(batch) >= 2048:
-                    total += flush()
-            bar.set_postfix(tokens=total)
+        for doc in iter_documents(bar, mode, on_bad_file, report):
+            batch.append(doc)
+            if len(batch) >= 2048:
+                total += flush()
+                bar.set_postfix(tokens=total)
         total += flush()
+    bar.close()
     os.replace(tmp, folder / "tokens.bin")
     meta = {"tokens": total, "documents": report.documents, "files": report.files, "bad_files": report.bad,
             "dtype": np.dtype(dtype).name, "tokenizer": str(tokenizer_path), "mode": mode}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    tmp_meta = folder / f".meta.json.{os.getpid()}.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp_meta, folder / "meta.json")
     return folder
+
+
+def _token_cache_problem(folder: Path) -> str | None:
+    """None if folder holds a complete token cache, else what is wrong with it."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        size = (folder / "tokens.bin").stat().st_size
+        expected = int(meta["tokens"]) * np.dtype(meta["dtype"]).itemsize
+    except FileNotFoundError as e:
+        return f"{Path(e.filename).name} is missing"
+    except (ValueError, KeyError, TypeError) as e:  # torn or foreign JSON
+        return f"meta.json is unreadable ({type(e).__name__}: {e})"
+    if size != expected:
+        return f"tokens.bin has {size} bytes, meta.json says {expected}"
+    return None
 
 
 def open_tokens(folder: Path) -> tuple[np.memmap, dict]:
