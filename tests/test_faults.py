@@ -3,6 +3,7 @@ resume; one process at a time in a run folder."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -19,7 +20,7 @@ from conftest import SMALL, SMALL_AUDIO, SMALL_TEXT
 from PIL import Image
 
 import data2vec2
-from data2vec2.errors import DataError, TrainingError
+from data2vec2.errors import ConfigError, DataError, TrainingError
 from data2vec2.train.logger import read_metrics
 
 
@@ -241,4 +242,75 @@ def test_a_truncated_last_checkpoint_falls_back_to_the_newest_readable_step(tmp_
         (folder / name).write_bytes(b"garbage")
     (folder / "last.pt").write_bytes(b"garbage")
     with pytest.raises(TrainingError, match=r"no readable checkpoint in .*Remove the unreadable files"):
+        data2vec2.pretrain(config, tmp_path / "run", progress=False)
+
+
+# -- exports ---------------------------------------------------------------------------------
+
+
+def _image_export(tmp_path) -> Path:
+    from data2vec2.model import random_encoder
+
+    config = data2vec2.load_config("image-tiny", SMALL)
+    record = data2vec2.MODALITIES["image"]
+    return record.export(random_encoder(config.model, record, seed=0), config, tmp_path / "export")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"embed_dim": 65536, "depth": 48}, r"does not match its config: .*wrong shapes"),  # 29 GB asked, none allocated
+    ({"num_heads": 5}, r"model.num_heads: must be >= 1 and divide model.embed_dim=32"),
+    ({"modality": "video"}, r"holds a model of modality 'video'"),
+    ({"depth": "two"}, r"model.depth"),
+])
+def test_a_crafted_export_config_is_a_data_error_before_anything_is_allocated(change, message, tmp_path):
+    out = _image_export(tmp_path)
+    meta = json.loads((out / "config.json").read_text())
+    meta["model"].update(change)
+    (out / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=message):
+        data2vec2.load_encoder(out)
+
+
+def test_export_copies_only_a_real_tokenizer(tmp_path, tokenizer_file):
+    from data2vec2.model import random_encoder
+
+    record = data2vec2.MODALITIES["text"]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for export\n")
+    for tokenizer, message in ((secret, "is not a tokenizers JSON file"), (tmp_path / "none.json", "not found")):
+        config = data2vec2.load_config("text-tiny", SMALL_TEXT + [f"data.tokenizer={tokenizer}"])
+        with pytest.raises(DataError, match=message):
+            record.export(random_encoder(config.model, record, seed=0), config, tmp_path / "export")
+        assert not (tmp_path / "export" / "tokenizer.json").exists()
+    small_vocab = data2vec2.load_config("text-tiny", SMALL_TEXT + ["model.text.vocab_size=300",
+                                                                  f"data.tokenizer={tokenizer_file}"])
+    with pytest.raises(DataError, match="more than the model's 300: not this model's tokenizer"):
+        record.export(random_encoder(small_vocab.model, record, seed=0), small_vocab, tmp_path / "export")
+
+
+def test_export_and_embed_refuse_an_existing_out_and_a_wrong_modality(tmp_path):
+    out = _image_export(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "data2vec2", *map(str, args)], capture_output=True, text=True,
+                           env=env)
+        return r.returncode, r.stderr
+
+    code, err = cli("export", out, "--out", out)
+    assert code == 2 and "exists and is not empty: pass --overwrite" in err, err
+    features = tmp_path / "f.npy"
+    features.write_bytes(b"keep me")
+    code, err = cli("embed", out, "fashion-mnist:test", "--out", features)
+    assert code == 2 and "f.npy exists: pass --overwrite" in err and features.read_bytes() == b"keep me", err
+    meta = json.loads((out / "config.json").read_text())
+    meta["model"]["modality"] = "audio"
+    (out / "config.json").write_text(json.dumps(meta))
+    code, err = cli("embed", out, "fashion-mnist:test", "--out", tmp_path / "g.npy")
+    assert code == 2 and "holds a model of modality 'audio'; this command takes image" in err, err
+
+
+def test_a_batch_larger_than_the_data_is_a_config_error(small_overrides, tmp_path):
+    config = data2vec2.load_config("image-tiny", small_overrides + ["data.limit=10", "train.batch_size=16"])
+    with pytest.raises(ConfigError, match=r"train.batch_size: one update takes 16 samples .*the training data has only 10"):
         data2vec2.pretrain(config, tmp_path / "run", progress=False)

@@ -47,8 +47,10 @@ def cmd_pretrain(args) -> None:
 
 def cmd_export(args) -> None:
     from . import load_encoder_and_config
+    from .export import check_out
     from .modalities import MODALITIES
 
+    check_out(Path(args.out), args.overwrite, folder=True)
     encoder, config = load_encoder_and_config(args.run)
     out = MODALITIES[config.model.modality].export(encoder, config, Path(args.out))
     print(f"exported the {config.model.modality} encoder to {out} (load it with data2vec2.load_encoder('{out}'))")
@@ -78,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the encoder for use without the training code "
                                       "(text: a transformers model)")
     p.add_argument("run", help="a run folder or a checkpoint file")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing export in --out")
     p.set_defaults(func=cmd_export)
 
     for modality in MODALITIES.values():

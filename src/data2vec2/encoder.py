@@ -117,7 +117,7 @@ class Encoder(nn.Module):
         self.cfg = cfg
         D = cfg.embed_dim
         # drop-path rises linearly over the shared blocks; the prenet reuses the first entries
-        rates = torch.linspace(0, cfg.drop_path, max(cfg.depth, 1)).tolist()
+        rates = torch.linspace(0, cfg.drop_path, max(cfg.depth, 1), device="cpu").tolist()
         self.prenet = nn.ModuleList(make_block(cfg, rates[min(i, len(rates) - 1)]) for i in range(cfg.prenet_depth))
         self.blocks = nn.ModuleList(make_block(cfg, rates[i]) for i in range(cfg.depth))
         local_encoder = make_local_encoder(cfg)

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import Config, config_from_dict, config_to_dict
 from .encoder import Encoder
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .model import build_encoder
 from .train.checkpoint import load_checkpoint, with_current_names
 
@@ -30,6 +31,19 @@ if TYPE_CHECKING:
     from .modality import Modality
 
 FORMAT = "data2vec2-encoder"
+
+
+def check_out(path: Path, overwrite: bool, folder: bool) -> None:
+    """Refuse to write over an existing output (a file, or a folder that is not empty) unless
+    --overwrite is given; refuse a file where a folder is wanted and the reverse."""
+    if not path.exists():
+        return
+    if folder != path.is_dir():
+        raise DataError(f"--out {path} is a {'file' if folder else 'folder'}; a {'folder' if folder else 'file'} "
+                        f"is written there")
+    if not overwrite and (not folder or any(path.iterdir())):
+        raise DataError(f"--out {path} exists{' and is not empty' if folder else ''}: pass --overwrite to replace "
+                        f"it, or choose another path")
 
 
 def write_json(path: Path, values: dict) -> None:
@@ -76,6 +90,39 @@ def _modality_of(values: dict, source: Path, modalities: Mapping[str, "Modality"
     return modalities[name]
 
 
+def _saved_config(values: dict, modalities: Mapping[str, "Modality"], source: Path, **options) -> Config:
+    try:
+        return config_from_dict(values, modalities, saved=True, source=str(source), **options)
+    except ConfigError as e:
+        raise DataError(f"{source}: {e}") from None
+
+
+def _encoder_for(config: Config, record: "Modality", shapes: dict[str, tuple[int, ...]], source: Path) -> Encoder:
+    """The encoder that `config` describes, built only after its parameter names and shapes are
+    checked against the stored ones (`shapes`): a built skeleton on the meta device allocates
+    nothing, so a crafted config cannot ask for memory the stored weights do not justify."""
+    with torch.device("meta"):
+        skeleton = build_encoder(config.model, record)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    given = with_current_names(shapes, skeleton)
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = [f"{k} {tuple(given[k])} != {expected[k]}" for k in expected if k in given and tuple(given[k]) != expected[k]]
+    if missing or unexpected or wrong:
+        raise DataError(f"{source} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                        f"wrong shapes {wrong[:5]}" + (" ..." if max(len(missing), len(unexpected), len(wrong)) > 5 else ""))
+    return build_encoder(config.model, record)
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, from its header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
 def _load_export(folder: Path, modalities: Mapping[str, "Modality"]) -> tuple[Encoder, Config]:
     cfg_file, weights = folder / "config.json", folder / "model.safetensors"
     for f in (cfg_file, weights):
@@ -83,38 +130,38 @@ def _load_export(folder: Path, modalities: Mapping[str, "Modality"]) -> tuple[En
             raise DataError(f"{f} not found: expected an exported encoder folder (data2vec2 export)")
     meta = _read_json(cfg_file)
     info = meta["data2vec2"] if isinstance(meta.get("data2vec2"), dict) else meta  # a foreign format
-    if info.get("format") is None or "model" not in info:
+    if info.get("format") is None or not isinstance(info.get("model"), dict):
         raise DataError(f"{cfg_file} is not a data2vec2 export config")
     record = _modality_of(info, cfg_file, modalities)
     if info.get("format") == FORMAT:
+        state, shapes, data = None, _stored_shapes(weights), meta.get("data", {})
+    elif record.read_export is not None:
+        state, data = record.read_export(folder, meta)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+    else:
+        raise DataError(f"{cfg_file}: unknown export format {info.get('format')!r}")
+    config = _saved_config({"model": info["model"], "data": data if isinstance(data, dict) else {}}, modalities,
+                           cfg_file, sections=("model", "data"))
+    encoder = _encoder_for(config, record, shapes, weights)
+    if state is None:  # read only once the config is known to fit the file
         try:
             state = load_file(str(weights))
         except Exception as e:  # safetensors raises its own error types
             raise DataError(f"cannot read {weights}: {e}") from None
-        data = meta.get("data", {})
-    elif record.read_export is not None:
-        state, data = record.read_export(folder, meta)
-    else:
-        raise DataError(f"{cfg_file}: unknown export format {info.get('format')!r}")
-    config = config_from_dict({"model": info["model"], "data": data}, modalities, saved=True, source=str(cfg_file),
-                              sections=("model", "data"))
-    encoder = build_encoder(config.model, record)
-    missing, unexpected = encoder.load_state_dict(with_current_names(state, encoder), strict=False)
-    if missing or unexpected:
-        raise DataError(f"{weights} does not match its config: missing {missing}, unexpected {unexpected}")
+    encoder.load_state_dict(with_current_names(state, encoder))
     return encoder.eval(), config
 
 
 def _load_checkpoint(path: Path, modalities: Mapping[str, "Modality"]) -> tuple[Encoder, Config]:
     state = load_checkpoint(path)
+    if not isinstance(state, dict) or not isinstance(state.get("student"), dict):
+        raise DataError(f"{path} is not a data2vec2 training checkpoint")
     record = _modality_of(state.get("config", {}), path, modalities)
-    config = config_from_dict(state["config"], modalities, saved=True, source=str(path))
-    encoder = build_encoder(config.model, record)
+    config = _saved_config(state["config"], modalities, path)
     prefix = "encoder."
     weights = {k[len(prefix):]: v for k, v in state["student"].items() if k.startswith(prefix)}
-    missing, unexpected = encoder.load_state_dict(with_current_names(weights, encoder), strict=False)
-    if missing or unexpected:
-        raise DataError(f"{path} does not match its config: missing {missing}, unexpected {unexpected}")
+    encoder = _encoder_for(config, record, {k: tuple(v.shape) for k, v in weights.items()}, path)
+    encoder.load_state_dict(with_current_names(weights, encoder))
     return encoder.eval(), config
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import MaskingConfig
+from ..errors import ConfigError
 
 
 class Stream(IntEnum):
@@ -136,7 +137,9 @@ class ResumableSampler(torch.utils.data.Sampler):
         self.lengths = None if lengths is None else torch.as_tensor(lengths, dtype=torch.float64)
         self.epoch, self.start_step = 0, 0
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{num_samples} samples are fewer than one global batch of {self.global_batch}")
+            raise ConfigError(f"train.batch_size: one update takes {self.global_batch} samples ({micro_batch} per "
+                              f"micro-batch x {accum} accumulation step(s) x {world_size} process(es)); the "
+                              f"training data has only {num_samples}")
 
     @property
     def global_batch(self) -> int:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ...errors import DataError
-from ...export import load_encoder_and_config
+from ...export import check_out, load_encoder_and_config
 
 
 def cmd_prepare(args, modality) -> None:
@@ -37,14 +38,17 @@ def cmd_embed(args, modality) -> None:
     from .data import open_image_source
     from .evaluate import extract_features
 
-    encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
     out = Path(args.out)
     if out.suffix != ".npy":
         raise DataError(f"--out {out}: give a .npy file name (numpy.save would add the suffix)")
+    check_out(out, args.overwrite, folder=False)
+    encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
     source = open_image_source(args.images, Path(config.data.cache_dir), config.data.channels)
     feats, _ = extract_features(encoder, source, image_size=config.model.image.image_size, mean=config.data.mean,
                                 std=config.data.std, pool=args.pool, progress=True)
-    np.save(out, feats.numpy())
+    tmp = out.with_name(f".{out.name}.tmp.npy")
+    np.save(tmp, feats.numpy())
+    os.replace(tmp, out)
     paths = [source.path(i) for i in range(len(source))]
     Path(str(out) + ".paths.txt").write_text("\n".join(paths) + "\n")
     print(f"wrote {tuple(feats.shape)} features to {out} (row order in {out}.paths.txt)")
@@ -86,5 +90,6 @@ def add_commands(sub, prepare, modality) -> None:
     p.add_argument("model", help="an export folder, a run folder or a checkpoint file")
     p.add_argument("images", help="a folder of images (recursive) or fashion-mnist:test")
     p.add_argument("--out", required=True, help="the .npy file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--pool", choices=["mean", "cls"], default="mean")
     p.set_defaults(func=cmd_embed, modality=modality)

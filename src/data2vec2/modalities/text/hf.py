@@ -19,7 +19,7 @@ The pooler is not exported (the pre-trained model has none): transformers initia
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from ... import __version__
 from ...config import ModelConfig, config_to_dict
 from ...errors import DataError
 from ...export import write_json, write_safetensors
+from .data import load_tokenizer
 from .encoder import PAD
 
 FORMAT = "data2vec2-text-hf"
@@ -89,12 +90,19 @@ def from_hf_state(hf: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Te
     return out
 
 
-def write_tokenizer(tokenizer_file: str | Path, out: Path, max_length: int) -> None:
-    """tokenizer.json (as trained) + tokenizer_config.json naming the generic fast tokenizer."""
-    tokenizer_file = Path(tokenizer_file)
-    if not tokenizer_file.exists():
-        raise DataError(f"tokenizer file {tokenizer_file} not found (config data.tokenizer): cannot export it")
-    shutil.copyfile(tokenizer_file, out / "tokenizer.json")
+def write_tokenizer(tokenizer_file: str | Path, out: Path, max_length: int, vocab_size: int) -> None:
+    """tokenizer.json (the run's tokenizer, as loaded and checked: a `tokenizers` JSON file with
+    the RoBERTa special ids and no more tokens than the model has, never just any file the config
+    names) + tokenizer_config.json naming the generic fast tokenizer."""
+    if not str(tokenizer_file):
+        raise DataError("the model has no tokenizer (config data.tokenizer): cannot export it")
+    tok = load_tokenizer(tokenizer_file)
+    if tok.get_vocab_size() > vocab_size:
+        raise DataError(f"{tokenizer_file}: {tok.get_vocab_size()} tokens, more than the model's {vocab_size}: "
+                        f"not this model's tokenizer")
+    tmp = out / ".tokenizer.json.tmp"
+    tok.save(str(tmp))
+    os.replace(tmp, out / "tokenizer.json")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
               "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
               "model_max_length": max_length, "padding_side": "right"}
@@ -108,10 +116,10 @@ def export_text_hf(encoder: torch.nn.Module, config, out_dir: str | Path) -> Pat
     cfg = config.model
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(config.data.tokenizer, out, cfg.text.max_positions, cfg.text.vocab_size)  # first: it may refuse
     write_safetensors(to_hf_state(encoder.state_dict(), cfg), out / "model.safetensors", {"format": "pt"})
     meta = hf_config(cfg) | {"data2vec2": {"format": FORMAT, "version": __version__, "model": config_to_dict(cfg)}}
     write_json(out / "config.json", meta)
-    write_tokenizer(config.data.tokenizer, out, cfg.text.max_positions)
     return out
 
 
