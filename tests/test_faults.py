@@ -77,9 +77,30 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path, small_over
         r = subprocess.run([sys.executable, "-m", "data2vec2", "pretrain", "image-tiny", "--run-dir", str(run),
                             *small_overrides, "train.max_steps=1"], capture_output=True, text=True, env=env)
         assert r.returncode == 2 and f"in use by process {os.getpid()}" in r.stderr, r.stderr[-2000:]
-    # released: a lock left by a killed process is no lock (the OS drops it with the process)
+    # released: a lock left by a process that ended is no lock (the OS drops it with the process)
     config = data2vec2.load_config("image-tiny", small_overrides + ["train.max_steps=1"])
     assert data2vec2.pretrain(config, run, progress=False)["steps"] == 1
+
+
+def test_a_killed_run_whose_workers_still_live_does_not_hold_the_lock(tmp_path):
+    """The DataLoader workers of a run killed with SIGKILL live on for a few seconds (until they
+    notice); they must not keep the folder locked against the restarted run."""
+    code = ("import os, sys, time\nfrom pathlib import Path\nfrom data2vec2.train.checkpoint import RunLock\n"
+            "lock = RunLock(Path(sys.argv[1])).__enter__()\npid = os.fork()\nif pid == 0:\n    time.sleep(60)\n"
+            "    os._exit(0)\nprint(pid, flush=True)\ntime.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True,
+                         env=env)
+    child = int(p.stdout.readline())
+    try:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        from data2vec2.train.checkpoint import RunLock
+
+        with RunLock(tmp_path / "run"):  # the child (a "worker") still lives
+            os.kill(child, 0)
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def _half_bad_data(modality: str, root: Path) -> str:

@@ -56,6 +56,12 @@ def _write(state: dict, path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def remove_partial_files(folder: Path) -> None:
+    """Temporary files of a save that was killed (only the run's lock holder may call this)."""
+    for path in folder.glob(".*.tmp") if folder.is_dir() else []:
+        path.unlink(missing_ok=True)
+
+
 RESUME_KEYS = ("student", "teacher", "optimizer", "scheduler", "step", "rng", "config")
 
 
@@ -127,9 +133,16 @@ def with_current_names(state: dict, module: torch.nn.Module) -> dict:
 
 
 class RunLock:
-    """An OS file lock on <run folder>/.lock while a process trains in it, so that a second process
-    on the same folder stops with a message instead of interleaving logs and checkpoints. The OS
-    releases the lock when the process ends, however it ends: a killed run leaves no stale lock."""
+    """An OS lock on <run folder>/.lock while a process trains in it, so that a second process on
+    the same folder stops with a message instead of interleaving logs and checkpoints.
+
+    A POSIX record lock (lockf): it belongs to the process, so the OS drops it the moment the
+    process ends, however it ends, even while its DataLoader workers (forked children, which do not
+    inherit such locks) are still winding down. A killed run leaves no stale lock. Record locks do
+    not exclude the process that holds them, so a second lock of the same folder in one process is
+    refused here."""
+
+    held: set[str] = set()  # the folders this process has locked
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
@@ -139,24 +152,32 @@ class RunLock:
         if fcntl is None:  # no POSIX locks on this platform: run unlocked
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in RunLock.held:  # (opening and closing the file again would drop this process's lock)
+            raise self._in_use(os.getpid())
         file = open(self.path, "a+")
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             file.seek(0)
             holder = file.read().strip() or "unknown"
             file.close()
-            raise TrainingError(f"{self.path.parent} is in use by process {holder}; wait for it to end, or "
-                                f"use another --run-dir") from None
+            raise self._in_use(holder) from None
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")
         file.flush()
-        self.file = file
+        self.file, self.key = file, key
+        RunLock.held.add(key)
         return self
+
+    def _in_use(self, holder) -> TrainingError:
+        return TrainingError(f"{self.path.parent} is in use by process {holder}; wait for it to end, or use "
+                             f"another --run-dir")
 
     def __exit__(self, *exc) -> None:
         if self.file is not None:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
+            fcntl.lockf(self.file, fcntl.LOCK_UN)
             self.file.close()
             self.file = None
+            RunLock.held.discard(self.key)

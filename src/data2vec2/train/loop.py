@@ -20,7 +20,7 @@ from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..data.collate import ReplaceUnreadable, ResumableSampler
 from ..errors import ConfigError, DataError, Interrupted, TrainingError
 from . import distributed
-from .checkpoint import RunLock, load_resume_state, save_checkpoint
+from .checkpoint import RunLock, load_resume_state, remove_partial_files, save_checkpoint
 from .flops import measure_matmul_flops
 from .logger import MetricsLogger
 from .setup import Training, setup_training
@@ -65,8 +65,10 @@ def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resum
     `max_steps` stops this invocation early (for tests); the schedule still follows the config.
     Returns a summary dict (steps, seconds, stop reason, the last logged metrics, ...)."""
     run_dir = Path(run_dir)
-    lock = RunLock(run_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
-    with lock:
+    main = os.environ.get("RANK", "0") == "0"
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        if main:
+            remove_partial_files(run_dir / "checkpoints")  # of a save that was killed
         return _pretrain(config, run_dir, modality, resume=resume, progress=progress, max_steps=max_steps)
 
 
