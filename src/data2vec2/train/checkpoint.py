@@ -86,7 +86,7 @@ def load_resume_state(run_dir: Path) -> dict | None:
             print(f"[data2vec2] {problems[0]}; resuming from {path} (update {state['step']})", flush=True)
         return state
     raise TrainingError(f"no readable checkpoint in {folder}: " + "; ".join(problems) +
-                        f". Remove the unreadable files, or start again with --no-resume")
+                        ". Remove the unreadable files, or start again with --no-resume")
 
 
 def load_checkpoint(path: Path) -> dict:
