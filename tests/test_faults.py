@@ -335,3 +335,24 @@ def test_a_batch_larger_than_the_data_is_a_config_error(small_overrides, tmp_pat
     config = data2vec2.load_config("image-tiny", small_overrides + ["data.limit=10", "train.batch_size=16"])
     with pytest.raises(ConfigError, match=r"train.batch_size: one update takes 16 samples .*the training data has only 10"):
         data2vec2.pretrain(config, tmp_path / "run", progress=False)
+
+
+def test_yaml_tags_and_pickled_code_are_refused(tmp_path, small_overrides):
+    marker = tmp_path / "ran"
+    config_file = tmp_path / "evil.yaml"
+    config_file.write_text(f"name: evil\nmodel: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError):
+        data2vec2.load_config(str(config_file))
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"student": Evil()}, tmp_path / "run" / "checkpoints" / "last.pt")
+    config = data2vec2.load_config("image-tiny", small_overrides + ["train.max_steps=1"])
+    with pytest.raises(TrainingError, match=r"weights-only loading refused it: .*GLOBAL posix.system"):
+        data2vec2.pretrain(config, tmp_path / "run", progress=False)
+    with pytest.raises(DataError, match="weights-only loading refused it"):
+        data2vec2.load_encoder(tmp_path / "run")
+    assert not marker.exists()

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import Config, config_from_dict, config_to_dict
 from .encoder import Encoder
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingError
 from .model import build_encoder
 from .train.checkpoint import load_checkpoint, with_current_names
 
@@ -153,7 +153,10 @@ def _load_export(folder: Path, modalities: Mapping[str, "Modality"]) -> tuple[En
 
 
 def _load_checkpoint(path: Path, modalities: Mapping[str, "Modality"]) -> tuple[Encoder, Config]:
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except TrainingError as e:  # here the checkpoint is input data
+        raise DataError(str(e)) from None
     if not isinstance(state, dict) or not isinstance(state.get("student"), dict):
         raise DataError(f"{path} is not a data2vec2 training checkpoint")
     record = _modality_of(state.get("config", {}), path, modalities)

@@ -37,6 +37,12 @@ class MetricsLogger:
                 if isinstance(v, (int, float)):
                     self.writer.add_scalar(k, v, step)
 
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if not self.enabled:
             return

@@ -121,50 +121,46 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     window_time, window_samples, window_steps = start_time, 0, 0
     last: dict = {}
     stop_reason = "max_steps"
-    with StopRequests() as stop:
-        try:
-            while step < total_steps:
-                if stop.asked(training.device):
-                    _stop(training, step, saved_step, run_dir, stop.received or signal.SIGTERM)
-                micro_batches = [next(batches) for _ in range(train.grad_accum)]
-                _report_unreadable(micro_batches, config, len(dataset), skipped, info.is_main)
-                log_step = (step + 1) % train.log_every == 0 or step + 1 == total_steps
-                try:
-                    result = train_step(training, micro_batches, step, with_metrics=log_step)
-                except NonFiniteUpdate as e:
-                    saved = f"update {saved_step}" if saved_step else "no checkpoint yet"
-                    raise TrainingError(f"{e}. Nothing was saved for it; the newest checkpoint on disk ({saved}) holds "
-                                        f"only finite weights. Resume with a lower optim.lr (it is applied on resume) "
-                                        f"or train.precision=fp32.") from None
-                step += 1
+    # a signal ends the loop after the current update (saved); the workers end with the loop
+    with StopRequests() as stop, contextlib.closing(batches), bar, logger:
+        while step < total_steps:
+            if stop.asked(training.device):
+                _stop(training, step, saved_step, run_dir, stop.received or signal.SIGTERM)
+            micro_batches = [next(batches) for _ in range(train.grad_accum)]
+            _report_unreadable(micro_batches, config, len(dataset), skipped, info.is_main)
+            log_step = (step + 1) % train.log_every == 0 or step + 1 == total_steps
+            try:
+                result = train_step(training, micro_batches, step, with_metrics=log_step)
+            except NonFiniteUpdate as e:
+                saved = f"update {saved_step}" if saved_step else "no checkpoint yet"
+                raise TrainingError(f"{e}. Nothing was saved for it; the newest checkpoint on disk ({saved}) holds "
+                                    f"only finite weights. Resume with a lower optim.lr (it is applied on resume) "
+                                    f"or train.precision=fp32.") from None
+            step += 1
 
-                window_samples += train.batch_size
-                window_steps += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{result.loss:.4f}")
-                elapsed = time.perf_counter() - start_time
-                out_of_time = train.time_budget_s > 0 and elapsed >= train.time_budget_s
-                if log_step or out_of_time:
-                    now = time.perf_counter()
-                    rate = window_samples / max(now - window_time, 1e-9)
-                    last = {"loss": result.loss, "lr": training.scheduler.get_last_lr()[0], "ema_decay": result.tau,
-                            "grad_norm": float(result.grad_norm), "samples_per_s": rate,
-                            "mfu": data.step_flops * (window_steps / max(now - window_time, 1e-9)) / peak if peak else 0.0,
-                            "skipped_files": len(skipped), "epoch": step // sampler.steps_per_epoch, "elapsed_s": elapsed,
-                            **result.metrics}
-                    logger.log(step, last)
-                    window_time, window_samples, window_steps = now, 0, 0
-                    _check_collapse(config, step, result.metrics)
-                if step % train.checkpoint_every == 0 or step == total_steps or out_of_time:
-                    _save(training, step, run_dir)
-                    saved_step = step
-                if out_of_time:
-                    stop_reason = "time_budget"
-                    break
-        finally:
-            batches.close()  # ends the DataLoader workers now, however the loop ends
-            bar.close()
-            logger.close()
+            window_samples += train.batch_size
+            window_steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.loss:.4f}")
+            elapsed = time.perf_counter() - start_time
+            out_of_time = train.time_budget_s > 0 and elapsed >= train.time_budget_s
+            if log_step or out_of_time:
+                now = time.perf_counter()
+                rate = window_samples / max(now - window_time, 1e-9)
+                last = {"loss": result.loss, "lr": training.scheduler.get_last_lr()[0], "ema_decay": result.tau,
+                        "grad_norm": float(result.grad_norm), "samples_per_s": rate,
+                        "mfu": data.step_flops * (window_steps / max(now - window_time, 1e-9)) / peak if peak else 0.0,
+                        "skipped_files": len(skipped), "epoch": step // sampler.steps_per_epoch, "elapsed_s": elapsed,
+                        **result.metrics}
+                logger.log(step, last)
+                window_time, window_samples, window_steps = now, 0, 0
+                _check_collapse(config, step, result.metrics)
+            if step % train.checkpoint_every == 0 or step == total_steps or out_of_time:
+                _save(training, step, run_dir)
+                saved_step = step
+            if out_of_time:
+                stop_reason = "time_budget"
+                break
 
     seconds = time.perf_counter() - start_time
     distributed.barrier()
