@@ -107,10 +107,11 @@ def _encoder_for(config: Config, record: "Modality", shapes: dict[str, tuple[int
     given = with_current_names(shapes, skeleton)
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
-    wrong = [f"{k} {tuple(given[k])} != {expected[k]}" for k in expected if k in given and tuple(given[k]) != expected[k]]
+    wrong = [f"{k} {tuple(given[k])} != {v}" for k, v in expected.items() if k in given and tuple(given[k]) != v]
     if missing or unexpected or wrong:
+        more = " ..." if max(len(missing), len(unexpected), len(wrong)) > 5 else ""
         raise DataError(f"{source} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                        f"wrong shapes {wrong[:5]}" + (" ..." if max(len(missing), len(unexpected), len(wrong)) > 5 else ""))
+                        f"wrong shapes {wrong[:5]}{more}")
     return build_encoder(config.model, record)
 
 
