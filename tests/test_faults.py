@@ -333,7 +333,7 @@ def test_export_and_embed_refuse_an_existing_out_and_a_wrong_modality(tmp_path):
 
 def test_a_batch_larger_than_the_data_is_a_config_error(small_overrides, tmp_path):
     config = data2vec2.load_config("image-tiny", small_overrides + ["data.limit=10", "train.batch_size=16"])
-    with pytest.raises(ConfigError, match=r"train.batch_size: one update takes 16 samples .*the data has only 10"):
+    with pytest.raises(ConfigError, match=r"train.batch_size: one update takes 16 samples .*training data has only 10"):
         data2vec2.pretrain(config, tmp_path / "run", progress=False)
 
 
