@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-from timing import hardware
+
+from data2vec2.benchmark import machine
 
 # Each tiny preset, smaller, with its dropouts on (image-tiny has none: drop path 0.1 is added).
 RUNS = {
@@ -161,7 +162,7 @@ def main() -> None:
         results[modality] = {"preset": preset, "overrides": COMMON + overrides, "kills": kills,
                              "uninterrupted_s": seconds, **compare(reference, resumed)}
         print(json.dumps({modality: results[modality]}, indent=2), flush=True)
-    report = {"hardware": hardware(torch.device("cpu")), "cpu_flags": cpu_flags(), "steps": args.steps,
+    report = {"machine": machine(), "steps": args.steps,
               "seed": args.seed, "results": results}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -169,13 +170,6 @@ def main() -> None:
     ok = all(r["losses_equal"] == r["updates"] and r["weights_bitwise_equal"] for r in results.values())
     print("all bitwise equal" if ok else "DIFFERENCES FOUND")
     sys.exit(0 if ok else 1)
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features that decide the speed of fp32 and bf16 here (lscpu's flags)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
 if __name__ == "__main__":

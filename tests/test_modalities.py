@@ -5,6 +5,7 @@ loads back to the same encoder, and a resumed run reproduces an uninterrupted on
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -135,3 +136,18 @@ def test_resume_reproduces_an_uninterrupted_run(tiny, tmp_path):
     for part in ("student", "teacher"):
         for name in a[part]:
             assert torch.equal(a[part][name], b[part][name]), f"{part}.{name}"
+
+
+def test_the_benchmark_command_times_every_modality(tiny, tmp_path, capsys):
+    from data2vec2.cli import main
+
+    preset, overrides = tiny
+    out = tmp_path / "speed.jsonl"
+    assert main(["benchmark", preset, "--precision", "fp32", "--steps", "1", "--out", str(out), *overrides]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == line
+    config = data2vec2.load_config(preset, overrides)
+    assert line["precision"] == "float32" and line["batch"] == config.train.batch_size and not line["compile"]
+    assert line["step_s"] > 0 and 0 < line["mfu"] < 1.5 and line["peak_memory_mb"] > 0
+    assert line["samples_per_s"] == pytest.approx(line["batch"] / line["step_s"], rel=1e-2)
+    assert {"cpu", "cpu_flags", "torch", "data2vec2"} <= set(line)

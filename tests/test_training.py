@@ -134,3 +134,18 @@ def test_compiled_student_trains_like_the_eager_one(tmp_path, small_overrides):
     pretrain(load_config("image-tiny", o), tmp_path / "eager", progress=False)
     pretrain(load_config("image-tiny", o + ["train.compile=true"]), tmp_path / "compiled", progress=False)
     np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
+
+
+def test_the_thread_count_follows_the_setting_the_environment_the_resumed_run_then_the_free_cores(monkeypatch):
+    import os
+
+    from data2vec2.train.setup import free_cpus, pick_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert pick_threads(3) == 3 and pick_threads(0, resumed=1) == torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert pick_threads(0, resumed=1) == 1  # a resumed run keeps its count: sums stay bitwise equal
+    allowed = len(os.sched_getaffinity(0))
+    assert 1 <= free_cpus() <= allowed and 1 <= pick_threads(0) <= allowed
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * allowed))  # torchrun: the free cores are shared
+    assert pick_threads(0) == 1

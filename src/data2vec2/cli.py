@@ -7,6 +7,7 @@ record's `add_commands`).
     data2vec2 pretrain image-tiny --run-dir runs/x [k=v ...]  pre-train (auto-resumes)
     torchrun --nproc_per_node=N -m data2vec2 pretrain ...  the same on N processes (DDP)
     data2vec2 export RUN --out DIR                         the encoder in its modality's export format
+    data2vec2 benchmark PRESET [--precision fp32 bf16]     speed of training updates: step time, MFU
     data2vec2 probe | knn | embed RUN_OR_EXPORT ...        image evaluations
     data2vec2 finetune-ctc | kws RUN_OR_EXPORT ...         audio evaluations, pre-trained vs random init
     data2vec2 tokenizer ... | finetune-text RUN_OR_EXPORT  text: BPE training, classification
@@ -20,7 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import Data2Vec2Error, Interrupted
+from .errors import ConfigError, Data2Vec2Error, Interrupted
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cmd_presets(args) -> None:
@@ -56,6 +59,31 @@ def cmd_export(args) -> None:
     print(f"exported the {config.model.modality} encoder to {out} (load it with data2vec2.load_encoder('{out}'))")
 
 
+def cmd_benchmark(args) -> None:
+    from . import load_config
+    from .benchmark import machine, time_updates
+    from .modalities import MODALITIES
+
+    # `--precision fp32 key=value`: nargs="+" takes the overrides that follow; give them back
+    overrides = list(args.overrides) + [v for v in args.precision + args.compile if "=" in v]
+    precisions, compiles = ([v for v in values if "=" not in v] for values in (args.precision, args.compile))
+    for name, values, allowed in (("--precision", precisions, PRECISIONS), ("--compile", compiles, ("off", "on"))):
+        if not values or any(v not in allowed for v in values):
+            raise ConfigError(f"{name}: choose from {', '.join(allowed)}, not {' '.join(values) or 'nothing'}")
+    for precision in precisions:
+        for compiled in compiles:
+            settings = [f"train.precision={precision}", f"train.compile={compiled == 'on'}"]
+            config = load_config(args.preset, overrides + settings)
+            result = time_updates(config, MODALITIES[config.model.modality], args.steps,
+                                  warmup=3 if compiled == "on" else 1)
+            line = json.dumps({"preset": config.name, "overrides": overrides, **result, **machine()})
+            print(line, flush=True)
+            if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                with open(args.out, "a") as f:
+                    f.write(line + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .modalities import MODALITIES
 
@@ -83,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing export in --out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("benchmark", help="time full training updates of a preset on random inputs: "
+                                         "step time, samples/s, FLOP/s, MFU, peak memory (one JSON line each)")
+    p.add_argument("preset", help="a preset name (data2vec2 presets) or a YAML file")
+    p.add_argument("--precision", nargs="+", default=["auto"], metavar="{auto,fp32,bf16}",
+                   help="auto: what training would use here (bf16 where the CPU or GPU is fast at it)")
+    p.add_argument("--compile", nargs="+", default=["off"], metavar="{off,on}",
+                   help="torch.compile the student (on: 3 warm-up updates instead of 1)")
+    p.add_argument("--steps", type=int, default=5, help="timed updates (the median is reported)")
+    p.add_argument("--out", help="append the JSON lines to this file (e.g. docs/benchmarks/step_speed.jsonl)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=8")
+    p.set_defaults(func=cmd_benchmark)
 
     for modality in MODALITIES.values():
         modality.add_commands(sub, prepare, modality)

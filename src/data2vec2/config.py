@@ -173,6 +173,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # updates between checkpoints (also written at the end)
     keep_checkpoints: int = 2  # step checkpoints kept besides `last`
     device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU compute threads per process; 0: OMP_NUM_THREADS if set, else the free cores
 
 
 @dataclass
@@ -226,6 +227,7 @@ class Config:
             (train.log_every >= 1, "train.log_every", "must be >= 1"),
             (train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1"),
             (train.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0"),
+            (train.threads >= 0, "train.threads", "must be >= 0 (0: the free cores)"),
             (train.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16"),
             (train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda"),
             (data.on_bad_file in ("skip", "stop"), "data.on_bad_file", "must be skip or stop"),

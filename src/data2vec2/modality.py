@@ -37,6 +37,9 @@ class Modality:
     decoder: Callable[[Any], nn.Module]
     # (config) -> the dataset, collate and FLOP count of pre-training
     pretraining_data: Callable[[Any], PretrainingData]
+    # (config) -> (a batch of train.batch_size random samples of the preset's size through the real
+    # collate, the length to give step_flops): what `data2vec2 benchmark` times
+    synthetic_batch: Callable[[Any], tuple[dict, int]]
     # (config, batch, length) -> FLOPs of one update on `batch` samples of `length` (samples or tokens)
     step_flops: Callable[[Any, int, int], float]
     # (config) -> [(ok, key, message)]: range checks of its settings, and settings it would

@@ -110,14 +110,15 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     if info.is_main:
         params = sum(p.numel() for p in training.model.encoder.parameters())
         print(f"[data2vec2] {config.name}: encoder {params / 1e6:.2f}M params, {len(data.dataset)} samples, "
-              f"{sampler.steps_per_epoch} updates/epoch, device {training.device}, "
+              f"{sampler.steps_per_epoch} updates/epoch, device {training.device}"
+              + (f" ({torch.get_num_threads()} threads)" if training.device.type == "cpu" else "") + ", "
               f"{str(training.dtype).replace('torch.', '')}, {info.world_size} process(es), "
               f"matmul peak {peak / 1e9:.0f} GFLOP/s" + (f", resuming at update {step}" if step else ""), flush=True)
 
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and info.is_main), desc="pretrain",
                dynamic_ncols=True, file=sys.stdout)
     skipped: set[str] = set()  # the messages of the unreadable files met so far, each printed once
-    start_time = time.perf_counter()
+    first_step, start_time = step, time.perf_counter()
     window_time, window_samples, window_steps = start_time, 0, 0
     last: dict = {}
     stop_reason = "max_steps"
@@ -140,10 +141,13 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
 
             window_samples += train.batch_size
             window_steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{result.loss:.4f}")
             elapsed = time.perf_counter() - start_time
             out_of_time = train.time_budget_s > 0 and elapsed >= train.time_budget_s
+            if train.time_budget_s > 0:  # the bar ends where the budget ends, if that comes first
+                per_update = elapsed / (step - first_step)
+                bar.total = min(total_steps, step + int(max(train.time_budget_s - elapsed, 0) / per_update))
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.loss:.4f}")
             if log_step or out_of_time:
                 now = time.perf_counter()
                 rate = window_samples / max(now - window_time, 1e-9)
@@ -226,6 +230,7 @@ def _save(training: Training, step: int, run_dir: Path) -> None:
             "scheduler": training.scheduler.state_dict(),
             "step": step,
             "rng": rng_states,
+            "threads": torch.get_num_threads(),
             "config": config_to_dict(training.config),
             "versions": {"data2vec2": __version__, "torch": str(torch.__version__),
                          "python": platform.python_version()},

@@ -5,7 +5,9 @@ the modality: its record builds the parts."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +41,49 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def free_cpus(interval_s: float = 0.25) -> int:
+    """How many of the CPUs this process may run on other processes leave mostly idle now
+    (sampled from /proc/stat over `interval_s`); at least 1. Where /proc/stat is missing: all."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+    def sample() -> dict[int, tuple[int, int]]:  # cpu -> (idle ticks, all ticks)
+        ticks = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                v = [int(x) for x in values]
+                ticks[int(name[3:])] = (v[3] + v[4], sum(v[:8]))  # idle + iowait; user .. steal
+        return ticks
+
+    try:
+        before = sample()
+        time.sleep(interval_s)
+        after = sample()
+    except OSError:
+        return len(allowed)
+    free = 0
+    for cpu in allowed:
+        idle, total = (after[cpu][k] - before[cpu][k] for k in (0, 1)) if cpu in after and cpu in before else (1, 1)
+        free += idle >= 0.5 * max(total, 1)
+    return max(free, 1)
+
+
+def pick_threads(requested: int, resumed: int | None = None) -> int:
+    """CPU compute threads of this process: `requested` (train.threads) if > 0; else
+    OMP_NUM_THREADS if set; else those of the run being resumed (the thread count can change the
+    last bits of a sum, and a resumed run must equal an uninterrupted one); else the CPUs other
+    processes leave free, shared among the processes of this machine. Two threads sharing a core
+    with another busy process wait for each other at every parallel region; one thread on the
+    free core is then much faster (docs/image.md)."""
+    if requested > 0:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    if resumed:
+        return resumed
+    return max(1, free_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -90,6 +135,8 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     if train.batch_size % (info.world_size * train.grad_accum):
         raise ConfigError(f"train.batch_size={train.batch_size} must be divisible by processes x grad_accum = "
                           f"{info.world_size * train.grad_accum}")
+    if device.type == "cpu":
+        torch.set_num_threads(pick_threads(train.threads, state.get("threads") if state else None))
     torch.manual_seed(train.seed)  # the same initial weights on every process
     model = build_model(config, modality).to(device)
     optimizer = build_optimizer(model.student, config.optim, device)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ...export import write_encoder
 from ...modality import Modality
 from .commands import add_commands
-from .data import AudioDataSettings, pretraining_data
+from .data import AudioDataSettings, pretraining_data, synthetic_batch
 from .encoder import AudioLocalEncoder, AudioSettings, build_decoder, step_flops
 
 
@@ -34,6 +34,7 @@ AUDIO = Modality(
     local_encoder=AudioLocalEncoder,
     decoder=build_decoder,
     pretraining_data=pretraining_data,
+    synthetic_batch=synthetic_batch,
     step_flops=step_flops,
     check_config=check_config,
     export=write_encoder,  # our format; an audio encoder needs no data keys to be fed

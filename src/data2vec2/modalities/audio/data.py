@@ -222,3 +222,13 @@ def pretraining_data(config: Config) -> PretrainingData:
                            collate=AudioMaskingCollate(config.masking, frames, config.train.seed),
                            step_flops=step_flops(config, config.train.batch_size, int(np.mean(lengths))),
                            lengths=lengths)
+
+
+def synthetic_batch(config: Config) -> tuple[dict, int]:
+    """train.batch_size random waves of data.max_samples through the real collate (1-D block
+    masks, noise seeds), for speed measurements; and the length for step_flops."""
+    L = config.data.max_samples
+    g = torch.Generator().manual_seed(0)
+    items = [{"index": i, "inputs": torch.randn(L, generator=g)} for i in range(config.train.batch_size)]
+    frames = partial(num_frames, config.model.audio.conv_layers)
+    return AudioMaskingCollate(config.masking, frames, seed=0)(items), L

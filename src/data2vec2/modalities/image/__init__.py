@@ -6,7 +6,7 @@ from __future__ import annotations
 from ...export import write_encoder
 from ...modality import Modality
 from .commands import add_commands
-from .data import ImageDataSettings, pretraining_data
+from .data import ImageDataSettings, pretraining_data, synthetic_batch
 from .encoder import ImageLocalEncoder, ImageSettings, build_decoder, step_flops
 
 
@@ -40,6 +40,7 @@ IMAGE = Modality(
     local_encoder=ImageLocalEncoder,
     decoder=build_decoder,
     pretraining_data=pretraining_data,
+    synthetic_batch=synthetic_batch,
     step_flops=step_flops,
     check_config=check_config,
     export=export,

@@ -57,7 +57,8 @@ def cmd_embed(args, modality) -> None:
 def cmd_demo(args, modality) -> None:
     from .demo import run_demo
 
-    run_demo(modality, args.out, args.overrides, resume=args.resume, progress=not args.no_progress)
+    run_demo(modality, args.out, args.overrides, resume=args.resume, progress=not args.no_progress,
+             budget_minutes=args.budget_minutes)
 
 
 def add_commands(sub, prepare, modality) -> None:
@@ -69,6 +70,8 @@ def add_commands(sub, prepare, modality) -> None:
     p = sub.add_parser("demo", help="pre-train image-tiny on Fashion-MNIST and compare linear probes")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo instead of starting over")
+    p.add_argument("--budget-minutes", type=float, default=11.0,
+                   help="pre-training and evaluation together, sized to this machine (default 11)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=5e-4")
     p.set_defaults(func=cmd_demo, modality=modality)

@@ -390,24 +390,31 @@ class EvalImageDataset(Dataset):
         return self.transform(self.source.get(i)), self.source.label(i)
 
 
-class FirstN(ImageSource):
-    """The first `n` images of a source (data.limit)."""
+class Subset(ImageSource):
+    """The images `indices` of a source: the first n (data.limit), or a seeded sample (`sample`)."""
 
-    def __init__(self, source: ImageSource, n: int):
-        self.source, self.n = source, min(n, len(source))
+    def __init__(self, source: ImageSource, indices):
+        self.source, self.indices = source, [int(i) for i in indices]
         self.class_names = source.class_names
 
+    @classmethod
+    def sample(cls, source: ImageSource, n: int, seed: int) -> "Subset":
+        """`n` images drawn without replacement (in their original order); all if n >= len(source)."""
+        if n >= len(source):
+            return cls(source, range(len(source)))
+        return cls(source, np.sort(np.random.default_rng(seed).permutation(len(source))[:n]))
+
     def __len__(self) -> int:
-        return self.n
+        return len(self.indices)
 
     def get(self, i: int):
-        return self.source.get(i)
+        return self.source.get(self.indices[i])
 
     def label(self, i: int) -> int:
-        return self.source.label(i)
+        return self.source.label(self.indices[i])
 
     def path(self, i: int) -> str:
-        return self.source.path(i)
+        return self.source.path(self.indices[i])
 
 
 def open_source(config: Config, spec: str) -> ImageSource:
@@ -435,9 +442,20 @@ def pretraining_data(config: Config) -> PretrainingData:
     data, settings = config.data, config.model.image
     source = open_source(config, data.train)
     if data.limit > 0:
-        source = FirstN(source, data.limit)
+        source = Subset(source, range(min(data.limit, len(source))))
     transform = TrainTransform(settings.image_size, data.mean, data.std, scale=data.crop_scale, hflip=data.hflip)
     grid = settings.image_size // settings.patch_size
     return PretrainingData(dataset=PretrainImageDataset(source, transform, config.train.seed),
                            collate=ImageMaskingCollate(config.masking, (grid, grid), config.train.seed),
                            step_flops=step_flops(config, config.train.batch_size))
+
+
+def synthetic_batch(config: Config) -> tuple[dict, int]:
+    """A batch of train.batch_size random images of the preset's size through the real collate
+    (inverse block masks, noise seeds), for speed measurements; and the length for step_flops."""
+    settings = config.model.image
+    g = torch.Generator().manual_seed(0)
+    items = [{"index": i, "inputs": torch.randn(settings.in_channels, settings.image_size, settings.image_size,
+                                                  generator=g)} for i in range(config.train.batch_size)]
+    grid = settings.image_size // settings.patch_size
+    return ImageMaskingCollate(config.masking, (grid, grid), seed=0)(items), 0

@@ -1,7 +1,8 @@
 """The demo: pre-train image-tiny on Fashion-MNIST for a few minutes on a CPU, then compare a
-linear probe on the pre-trained encoder, on a randomly initialised one and on raw pixels.
+linear probe on the pre-trained encoder, on a randomly initialised one and on raw pixels. The work
+is sized to the machine so that pre-training and evaluation end within the budget (demo_plan.py).
 
-    data2vec2 demo --out runs/demo
+    data2vec2 demo --out runs/demo [--budget-minutes 11]
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from ...model import random_encoder
 from ...train.logger import read_metrics
 from ...train.loop import pretrain
 from ...train.setup import pick_dtype
-from .data import open_image_source
+from .data import Subset, open_image_source
+from .demo_plan import DemoPlan, make_plan, measure, plan_overrides
 from .evaluate import evaluate_encoder, pixel_features
 from .fashion_mnist import prepare_fashion_mnist
 
@@ -48,17 +50,32 @@ def plot_loss(metrics_file: Path, out_png: Path) -> None:
 
 
 def run_demo(modality, out: str | Path = "runs/demo", overrides: list[str] | None = None, resume: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, budget_minutes: float = 11.0) -> dict:
     """`modality`: the image record (the demo pre-trains and evaluates through it)."""
     out = Path(out)
-    config = load_config("image-tiny", list(overrides or []), modalities={modality.name: modality})
+    overrides = list(overrides or [])
+    config = load_config("image-tiny", overrides, modalities={modality.name: modality})
     cache = Path(config.data.cache_dir)
     print(f"[demo] preparing Fashion-MNIST into {cache}", flush=True)
     prepare_fashion_mnist(cache, progress=progress)
+    # Features in bf16 where the CPU is fast at it (as in training); the probe itself is fp32.
+    bf16 = pick_dtype(config.train.precision, torch.device("cpu")) == torch.bfloat16
 
-    run_dir = out / "pretrain"
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
+    run_dir, plan_file = out / "pretrain", out / "plan.json"
+    if resume and plan_file.exists():  # an interrupted demo continues with the plan it started with
+        plan = DemoPlan(**json.loads(plan_file.read_text()))
+        print(f"[demo] resuming with the plan in {plan_file}", flush=True)
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        print(f"[demo] measuring this machine (budget {budget_minutes:g} min for pre-training and evaluation)",
+              flush=True)
+        plan = make_plan(config, *measure(config, modality, bf16), budget_s=60 * budget_minutes)
+        out.mkdir(parents=True, exist_ok=True)
+        plan_file.write_text(json.dumps(plan.as_dict(), indent=2))
+    print(f"[demo] plan: {plan.why}", flush=True)
+    config = load_config("image-tiny", overrides + plan_overrides(plan), modalities={modality.name: modality})
+
     print(f"[demo] pre-training {config.name} for {config.train.max_steps} updates "
           f"(at most {config.train.time_budget_s:.0f} s)", flush=True)
     t0 = time.perf_counter()
@@ -71,21 +88,24 @@ def run_demo(modality, out: str | Path = "runs/demo", overrides: list[str] | Non
     export_dir = modality.export(encoder, config, out / "export")  # what `data2vec2 export` writes
 
     train_spec, test_spec = "fashion-mnist:train", "fashion-mnist:test"
-    # Features in bf16 where the CPU is fast at it (as in training); the probe itself is fp32.
-    bf16 = pick_dtype(config.train.precision, torch.device("cpu")) == torch.bfloat16
-    print("[demo] linear probe + kNN on the pre-trained encoder", flush=True)
-    pre = evaluate_encoder(encoder, config, train_spec, test_spec, progress=progress, bf16=bf16)
+    n, seed = plan.probe_train_images, config.train.seed
+    t0 = time.perf_counter()
+    print(f"[demo] linear probe + kNN on the pre-trained encoder ({n} training images, all test images)", flush=True)
+    pre = evaluate_encoder(encoder, config, train_spec, test_spec, progress=progress, bf16=bf16, train_limit=n,
+                           seed=seed)
     print(f"[demo]   pre-trained: probe {pre['probe_acc']:.4f}, kNN {pre['knn_acc']:.4f}", flush=True)
     print("[demo] the same on a randomly initialised encoder", flush=True)
-    baseline = random_encoder(config.model, modality, seed=config.train.seed)
-    rnd = evaluate_encoder(baseline, config, train_spec, test_spec, progress=progress, bf16=bf16)
+    baseline = random_encoder(config.model, modality, seed=seed)
+    rnd = evaluate_encoder(baseline, config, train_spec, test_spec, progress=progress, bf16=bf16, train_limit=n,
+                           seed=seed)
     print(f"[demo]   random init: probe {rnd['probe_acc']:.4f}, kNN {rnd['knn_acc']:.4f}", flush=True)
     print("[demo] the same on raw pixels", flush=True)
-    px_train = pixel_features(open_image_source(train_spec, cache, 1))
+    px_train = pixel_features(Subset.sample(open_image_source(train_spec, cache, 1), n, seed))
     px_test = pixel_features(open_image_source(test_spec, cache, 1))
-    pix = linear_probe(*px_train, *px_test, seed=config.train.seed)
+    pix = linear_probe(*px_train, *px_test, seed=seed)
     pix_knn = knn_accuracy(*px_train, *px_test)
     print(f"[demo]   raw pixels : probe {pix.test_accuracy:.4f}, kNN {pix_knn:.4f}", flush=True)
+    eval_seconds = time.perf_counter() - t0
 
     plot_loss(run_dir / "metrics.jsonl", out / "loss_curve.png")
     summary = {
@@ -97,6 +117,8 @@ def run_demo(modality, out: str | Path = "runs/demo", overrides: list[str] | Non
         "knn_acc_pixels": pix_knn,
         "gain_over_random_points": 100 * (pre["probe_acc"] - rnd["probe_acc"]),
         "pretrain_seconds": pretrain_seconds,
+        "eval_seconds": eval_seconds,
+        "probe_train_images": n,
         "pretrain_updates": result["steps"],
         "images_per_second": images_per_second,
         "mfu": sum(r["mfu"] for r in rows) / len(rows),
@@ -105,6 +127,7 @@ def run_demo(modality, out: str | Path = "runs/demo", overrides: list[str] | Non
         "preset": config.name,
         "export_dir": str(export_dir),
         "loss_curve": str(out / "loss_curve.png"),
+        "plan": plan.as_dict(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\n[demo] linear-probe test accuracy on Fashion-MNIST (mean-pooled patch tokens):\n"
@@ -112,6 +135,7 @@ def run_demo(modality, out: str | Path = "runs/demo", overrides: list[str] | Non
           f"raw pixels {100 * pix.test_accuracy:.2f}%\n"
           f"         gain over random init: {summary['gain_over_random_points']:+.2f} points\n"
           f"[demo] pre-training: {result['steps']} updates in {pretrain_seconds:.0f} s, "
-          f"{images_per_second:.0f} images/s\n[demo] wrote {out / 'summary.json'} and {out / 'loss_curve.png'}",
+          f"{images_per_second:.0f} images/s; evaluation {eval_seconds:.0f} s\n"
+          f"[demo] wrote {out / 'summary.json'} and {out / 'loss_curve.png'}",
           flush=True)
     return summary

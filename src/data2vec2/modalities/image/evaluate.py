@@ -14,7 +14,7 @@ from ...config import Config
 from ...errors import DataError
 from ...eval.knn import knn_accuracy
 from ...eval.probe import linear_probe
-from .data import EvalImageDataset, EvalTransform, ImageSource, open_image_source
+from .data import EvalImageDataset, EvalTransform, ImageSource, Subset, open_image_source
 
 
 @torch.no_grad()
@@ -43,8 +43,12 @@ def pixel_features(source: ImageSource) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(images.reshape(len(images), -1)).float() / 255.0, labels
 
 
-def features_for(encoder, config: Config, spec: str, *, pool: str, device: str, progress: bool, bf16: bool):
+def features_for(encoder, config: Config, spec: str, *, pool: str, device: str, progress: bool, bf16: bool,
+                 limit: int = 0, seed: int = 0):
+    """Features of the images `spec` names; `limit` > 0: of a seeded sample of that many."""
     source = open_image_source(spec, Path(config.data.cache_dir), config.data.channels)
+    if limit > 0:
+        source = Subset.sample(source, limit, seed)
     return extract_features(encoder, source, image_size=config.model.image.image_size, mean=config.data.mean,
                             std=config.data.std, pool=pool, device=device, bf16=bf16, progress=progress,
                             desc=f"features {spec}")
@@ -52,9 +56,12 @@ def features_for(encoder, config: Config, spec: str, *, pool: str, device: str, 
 
 def evaluate_encoder(encoder, config: Config, train_spec: str, test_spec: str, *, pool: str = "mean",
                      knn: bool = True, probe: bool = True, device: str = "cpu", bf16: bool = False,
-                     progress: bool = True, seed: int = 0) -> dict:
-    """Linear-probe and kNN accuracy of a frozen encoder (fractions in [0, 1])."""
-    train_x, train_y = features_for(encoder, config, train_spec, pool=pool, device=device, progress=progress, bf16=bf16)
+                     progress: bool = True, seed: int = 0, train_limit: int = 0) -> dict:
+    """Linear-probe and kNN accuracy of a frozen encoder (fractions in [0, 1]). `train_limit` > 0:
+    the probe and kNN learn from a seeded sample of that many training images (the test set is
+    always whole)."""
+    train_x, train_y = features_for(encoder, config, train_spec, pool=pool, device=device, progress=progress,
+                                    bf16=bf16, limit=train_limit, seed=seed)
     test_x, test_y = features_for(encoder, config, test_spec, pool=pool, device=device, progress=progress, bf16=bf16)
     if (train_y < 0).any() or (test_y < 0).any():
         raise DataError("evaluation needs labelled images: put each class in its own sub-folder")

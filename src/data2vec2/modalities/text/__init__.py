@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...modality import Modality
 from .commands import add_commands
-from .data import TextDataSettings, pretraining_data
+from .data import TextDataSettings, pretraining_data, synthetic_batch
 from .encoder import TextLocalEncoder, TextSettings, build_decoder, step_flops
 from .hf import export_text_hf, read_text_hf
 
@@ -30,6 +30,7 @@ TEXT = Modality(
     local_encoder=TextLocalEncoder,
     decoder=build_decoder,
     pretraining_data=pretraining_data,
+    synthetic_batch=synthetic_batch,
     step_flops=step_flops,
     check_config=check_config,
     export=export_text_hf,

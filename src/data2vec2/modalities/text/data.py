@@ -352,3 +352,13 @@ def pretraining_data(config: Config) -> PretrainingData:
           f"file(s) -> {len(dataset):,} blocks of {L}", flush=True)
     return PretrainingData(dataset=dataset, collate=TextMaskingCollate(config.masking, config.train.seed),
                            step_flops=step_flops(config, config.train.batch_size, L))
+
+
+def synthetic_batch(config: Config) -> tuple[dict, int]:
+    """train.batch_size blocks of random token ids (<s> first, full length, no padding) through
+    the real collate, for speed measurements; and the length for step_flops."""
+    L, vocab = config.model.text.max_positions, config.model.text.vocab_size
+    g = torch.Generator().manual_seed(0)
+    items = [{"index": i, "inputs": torch.cat([torch.tensor([BOS]), torch.randint(4, vocab, (L - 1,), generator=g)])}
+             for i in range(config.train.batch_size)]
+    return TextMaskingCollate(config.masking, seed=0)(items), L

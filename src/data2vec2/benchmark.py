@@ -1,0 +1,75 @@
+"""`data2vec2 benchmark PRESET`: the speed of full training updates (teacher, student, decoder,
+backward, AdamW, EMA: train/step.py) on a batch of random inputs of the preset's size, without data
+loading, for each precision and compile setting asked for, measured in one run.
+
+MFU = the update's model FLOPs (the modality's step_flops, train/flops.py) per second over the
+dense matmul rate of this machine in the same precision. The matmul rate is measured three times
+and the best is kept, so that a moment of contention does not lower it (and inflate the MFU).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from . import __version__
+from .train.flops import measure_matmul_flops
+from .train.setup import setup_training
+from .train.step import train_step
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .modality import Modality
+
+
+def time_updates(config: "Config", modality: "Modality", steps: int, warmup: int = 1) -> dict:
+    """Median wall and CPU seconds of `steps` updates after `warmup` ones, with the precision and
+    compile setting of config.train."""
+    training = setup_training(config, modality)
+    batch, length = modality.synthetic_batch(config)
+    if training.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(training.device)
+    wall, cpu = [], []
+    for i in range(warmup + steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        train_step(training, [batch], step=i)
+        if training.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    peak = max(measure_matmul_flops(training.device, training.dtype) for _ in range(3))
+    step_s, flops = float(np.median(wall)), modality.step_flops(config, config.train.batch_size, length)
+    if training.device.type == "cuda":
+        memory_mb = torch.cuda.max_memory_allocated(training.device) / 2**20
+    else:
+        memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS (KiB)
+    return {
+        "precision": str(training.dtype).replace("torch.", ""), "compile": config.train.compile,
+        "batch": config.train.batch_size, "step_s": round(step_s, 4), "cpu_s": round(float(np.median(cpu)), 4),
+        "samples_per_s": round(config.train.batch_size / step_s, 2), "step_gflop": round(flops / 1e9, 2),
+        "achieved_gflops": round(flops / step_s / 1e9, 1), "matmul_peak_gflops": round(peak / 1e9, 1),
+        "mfu": round(flops / step_s / peak, 4), "peak_memory_mb": round(memory_mb),
+        "device": str(training.device),
+    }
+
+
+def machine() -> dict:
+    """The CPU (or GPU), its features that decide fp32/bf16 speed, threads and versions."""
+    info = {"torch": torch.__version__, "python": platform.python_version(), "data2vec2": __version__,
+            "threads": torch.get_num_threads()}
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    lines = cpuinfo.splitlines()
+    info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                       platform.processor())
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
