@@ -11,10 +11,11 @@ from data2vec2.modalities.image.demo_plan import (
 )
 
 
-def test_a_fast_machine_runs_the_whole_preset_and_probes_on_every_training_image():
+def test_a_fast_machine_runs_the_whole_preset():
     config = data2vec2.load_config("image-tiny")
-    plan = make_plan(config, step_s=0.28, encode_s=1 / 1500, budget_s=660)  # AVX512-BF16, measured
-    assert plan.updates == config.train.max_steps == 1200 and plan.probe_train_images == 60_000
+    # AVX512-BF16: 0.28 s an update (docs/benchmarks/step_speed.jsonl), about 1,000 images/s encoded
+    plan = make_plan(config, step_s=0.28, encode_s=1 / 1000, budget_s=660)
+    assert plan.updates == config.train.max_steps == 1200 and plan.probe_train_images >= 30_000
     assert (plan.warmup_steps, plan.anneal_steps) == (config.optim.warmup_steps, config.ema.anneal_steps)
 
 
