@@ -23,8 +23,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    config = load_config(args.preset, args.overrides)
+    args, extra = parser.parse_known_args()  # key=value overrides may follow the options
+    config = load_config(args.preset, args.overrides + extra)
     modality = MODALITIES[config.model.modality]
     training = setup_training(config, modality)
     batch, _ = modality.synthetic_batch(config)
