@@ -109,13 +109,19 @@ def _reason(e: Exception) -> str:
     return (lines[0] if lines else type(e).__name__)[:200]
 
 
+def non_finite(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors of `state_dict` holding a NaN or an infinity."""
+    return [name for name, t in state_dict.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def _check_resume_state(state, path: Path) -> None:
     if not isinstance(state, dict) or any(k not in state for k in RESUME_KEYS):
         raise TrainingError(f"{path} is not a data2vec2 training checkpoint")
     for part in ("student", "teacher"):
-        for name, t in state[part].items():
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise TrainingError(f"{path}: {part} tensor {name} is not finite")
+        bad = non_finite(state[part])
+        if bad:
+            raise TrainingError(f"{path}: {part} tensor {bad[0]} is not finite")
 
 
 def with_current_names(state: dict, module: torch.nn.Module) -> dict:

@@ -34,15 +34,19 @@ def init_distributed(device_type: str) -> DistInfo:
     return info
 
 
+def is_distributed() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         t = t.clone()
         dist.all_reduce(t)
     return t
 
 
 def all_gather_objects(obj) -> list:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         out = [None] * dist.get_world_size()
         dist.all_gather_object(out, obj)
         return out
@@ -50,7 +54,7 @@ def all_gather_objects(obj) -> list:
 
 
 def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         dist.barrier()
 
 

@@ -20,7 +20,7 @@ from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..data.collate import ReplaceUnreadable, ResumableSampler
 from ..errors import ConfigError, DataError, Interrupted, TrainingError
 from . import distributed
-from .checkpoint import RunLock, load_resume_state, remove_partial_files, save_checkpoint
+from .checkpoint import RunLock, load_resume_state, non_finite, remove_partial_files, save_checkpoint
 from .flops import measure_matmul_flops
 from .logger import MetricsLogger
 from .setup import Training, setup_training
@@ -216,8 +216,7 @@ def _check_collapse(config: Config, step: int, metrics: dict) -> None:
 def _save(training: Training, step: int, run_dir: Path) -> None:
     """A checkpoint of update `step`; refused (nothing written) if any weight is not finite."""
     for part in ("student", "teacher"):
-        bad = [name for name, t in getattr(training.model, part).state_dict().items()
-               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = non_finite(getattr(training.model, part).state_dict())
         if bad:
             raise TrainingError(f"update {step}: {len(bad)} {part} tensors are not finite ({bad[0]}, ...); "
                                 f"no checkpoint was written, the newest one on disk is unchanged")

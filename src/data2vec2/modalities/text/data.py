@@ -26,6 +26,7 @@ import torch
 from ...config import Config
 from ...data.collate import MaskingCollate, Stream
 from ...errors import ConfigError, DataError
+from ...export import write_json
 from ...masking import num_masked
 from ...modality import PretrainingData
 from .encoder import BOS, EOS, PAD, SPECIAL_TOKENS, step_flops
@@ -235,9 +236,7 @@ def tokenize_files(files: list[Path], tokenizer_path: Path, cache_dir: Path, mod
     os.replace(tmp, folder / "tokens.bin")
     meta = {"tokens": total, "documents": report.documents, "files": report.files, "bad_files": report.bad,
             "dtype": np.dtype(dtype).name, "tokenizer": str(tokenizer_path), "mode": mode}
-    tmp_meta = folder / f".meta.json.{os.getpid()}.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp_meta, folder / "meta.json")
+    write_json(folder / "meta.json", meta)  # last: it marks the cache complete
     return folder
 
 
