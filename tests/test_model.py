@@ -250,3 +250,23 @@ def test_teacher_can_share_the_local_encoder():
     y2 = shared.forward_targets(images, lf)
     torch.testing.assert_close(y, y2)
     ema_update(shared.teacher, encoder, 0.5)  # skips the parameters the teacher lacks
+
+
+@pytest.mark.parametrize("tokens", [15, 200])
+def test_explicit_and_fused_attention_agree(tokens):
+    """The explicit CPU path for short sequences computes what the fused kernel computes, values and
+    gradients, with an additive bias and padded keys (ALiBi and padding in speech)."""
+    from data2vec2.nn.blocks import CPU_EXPLICIT_ATTENTION_MAX_TOKENS, attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, tokens, 16, generator=g, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, 3, tokens, tokens, generator=g)
+    bias[..., -2:] = float("-inf")  # two padded keys
+    out = attend(q, k, v, bias, 0.0)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(out, reference, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    reference_grads = torch.autograd.grad(reference.square().sum(), (q, k, v))
+    for a, b in zip(grads, reference_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert (tokens <= CPU_EXPLICIT_ATTENTION_MAX_TOKENS) == (tokens == 15)

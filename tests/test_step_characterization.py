@@ -19,6 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from data2vec2.nn import blocks
+
 REFERENCE = Path(__file__).parent / "data" / "step_characterization.safetensors"
 
 NO_DROPOUT = ["model.dropout=0", "model.attention_dropout=0", "model.activation_dropout=0",
@@ -129,7 +131,12 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_one_training_step_reproduces_the_pinned_numbers(name):
+def test_one_training_step_reproduces_the_pinned_numbers(name, monkeypatch):
+    # The numbers were pinned with PyTorch's fused attention kernel. The key bias has a gradient of
+    # exactly zero (softmax ignores a constant added to every score), so its first AdamW step is the
+    # sign of round-off and differs between two equally correct attention paths; the explicit CPU
+    # path for short sequences is compared with the fused one in test_model.py instead.
+    monkeypatch.setattr(blocks, "CPU_EXPLICIT_ATTENTION_MAX_TOKENS", 0)
     pinned = {k.split(":", 1)[1]: v for k, v in load_file(str(REFERENCE)).items() if k.startswith(name + ":")}
     assert pinned, f"no pinned numbers for {name}"
     reference = {}

@@ -3,8 +3,9 @@ backward, AdamW, EMA: train/step.py) on a batch of random inputs of the preset's
 loading, for each precision and compile setting asked for, measured in one run.
 
 MFU = the update's model FLOPs (the modality's step_flops, train/flops.py) per second over the
-dense matmul rate of this machine in the same precision. The matmul rate is measured three times
-and the best is kept, so that a moment of contention does not lower it (and inflate the MFU).
+dense matmul rate of this machine in the same precision. The matmul rate is measured right after
+every timed update and each update is divided by its own neighbour, so that contention from other
+processes on a shared machine slows both sides of the ratio alike; the median ratio is reported.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def time_updates(config: "Config", modality: "Modality", steps: int, warmup: int
     batch, length = modality.synthetic_batch(config)
     if training.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(training.device)
-    wall, cpu = [], []
+    flops = modality.step_flops(config, config.train.batch_size, length)
+    wall, cpu, peaks = [], [], []
     for i in range(warmup + steps):
         t0, c0 = time.perf_counter(), time.process_time()
         train_step(training, [batch], step=i)
@@ -44,8 +46,9 @@ def time_updates(config: "Config", modality: "Modality", steps: int, warmup: int
         if i >= warmup:
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-    peak = max(measure_matmul_flops(training.device, training.dtype) for _ in range(3))
-    step_s, flops = float(np.median(wall)), modality.step_flops(config, config.train.batch_size, length)
+            peaks.append(measure_matmul_flops(training.device, training.dtype, seconds=0.3))
+    step_s, peak = float(np.median(wall)), float(np.median(peaks))
+    mfu = float(np.median([flops / (w * p) for w, p in zip(wall, peaks)]))
     if training.device.type == "cuda":
         memory_mb = torch.cuda.max_memory_allocated(training.device) / 2**20
     else:
@@ -55,7 +58,7 @@ def time_updates(config: "Config", modality: "Modality", steps: int, warmup: int
         "batch": config.train.batch_size, "step_s": round(step_s, 4), "cpu_s": round(float(np.median(cpu)), 4),
         "samples_per_s": round(config.train.batch_size / step_s, 2), "step_gflop": round(flops / 1e9, 2),
         "achieved_gflops": round(flops / step_s / 1e9, 1), "matmul_peak_gflops": round(peak / 1e9, 1),
-        "mfu": round(flops / step_s / peak, 4), "peak_memory_mb": round(memory_mb),
+        "mfu": round(mfu, 4), "peak_memory_mb": round(memory_mb),
         "device": str(training.device),
     }
 

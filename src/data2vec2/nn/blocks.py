@@ -27,6 +27,23 @@ class DropPath(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
+# Up to this many tokens, explicit softmax(q k^T / sqrt(d)) v runs forward + backward 1.1-1.6x faster
+# on CPU than PyTorch's fused kernel (image-tiny has 15 student and 50 teacher tokens; fp32, 2 AVX2
+# threads); from about 100 tokens on the fused kernel is faster and never holds the (N, N) scores:
+# benchmarks/attention_paths.py, docs/results/attention_paths.json.
+CPU_EXPLICIT_ATTENTION_MAX_TOKENS = 64
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v with dropout on the weights; q, k, v: (B, H, N, d)."""
+    if q.device.type == "cpu" and k.shape[-2] <= CPU_EXPLICIT_ATTENTION_MAX_TOKENS:
+        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, N, N)
+        if mask is not None:
+            scores = scores + mask
+        return F.dropout(scores.softmax(dim=-1), dropout_p) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attention_dropout: float = 0.0, dropout: float = 0.0):
         super().__init__()
@@ -51,11 +68,11 @@ class Attention(nn.Module):
             # The bf16 backward of CPU attention is ~20x slower than fp32 (docs/image.md): when
             # training on CPU keep attention itself in fp32; the linears around it still run in bf16.
             with torch.autocast("cpu", enabled=False):
-                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p)
+                out = attend(q.float(), k.float(), v.float(), mask, dropout_p)
         else:
             if mask is not None:
                 mask = mask.to(q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            out = attend(q, k, v, mask, dropout_p)
         out = out.transpose(1, 2).reshape(B, N, D)
         return self.dropout(self.proj(out))
 

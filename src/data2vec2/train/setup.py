@@ -5,6 +5,8 @@ the modality: its record builds the parts."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import sys
 import time
@@ -86,6 +88,25 @@ def pick_threads(requested: int, resumed: int | None = None) -> int:
     return max(1, free_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed tensors' memory for the next ones instead of handing it
+    back to the system. By default a buffer above its (adaptive) mmap threshold is a fresh mapping
+    that page-faults on first touch; a CPU update allocates and frees the same activations every
+    time, and those page faults cost about 10 % of an image-tiny fp32 update on 2 AVX2 cores
+    (docs/benchmarks/README.md). The threshold's largest allowed value is 32 MiB on 64-bit glibc.
+    The price: the process's resident memory stays at its peak. False where libc is not glibc."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    try:
+        libc = ctypes.CDLL(libc_name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     """bf16 autocast where the device supports it: CUDA with bf16, or a CPU whose matmuls are
     faster in bf16 (AMX / AVX512-BF16); fp32 otherwise."""
@@ -137,6 +158,7 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
                           f"{info.world_size * train.grad_accum}")
     if device.type == "cpu":
         torch.set_num_threads(pick_threads(train.threads, state.get("threads") if state else None))
+        keep_freed_memory()
     torch.manual_seed(train.seed)  # the same initial weights on every process
     model = build_model(config, modality).to(device)
     optimizer = build_optimizer(model.student, config.optim, device)
