@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import config, export, model
+from . import config, export, model, objectives
 from .config import Config
 from .encoder import Encoder
 from .modalities import MODALITIES
@@ -22,8 +22,9 @@ def config_from_dict(values: dict, saved: bool = False) -> Config:
 
 
 def build_model(run_config: Config) -> model.Data2Vec2:
-    """The Data2Vec2 model (student, decoder, EMA teacher) of a config."""
-    return model.build_model(run_config, MODALITIES[run_config.model.modality])
+    """The model of a config's objective: for data2vec2 (the default) Data2Vec2 (student, decoder,
+    EMA teacher); a baseline's of objectives/ otherwise."""
+    return objectives.build_model(run_config, MODALITIES[run_config.model.modality])
 
 
 def pretrain(run_config: Config, run_dir: str | Path, **options) -> dict:

@@ -77,6 +77,7 @@ class DecoderConfig:
     projection_layers: int = 1  # 1: Linear(dim -> D); 2: Linear(dim -> 2 dim) -> GELU -> Linear (text)
     input_dropout: float = 0.0
     mask_noise_std: float = 0.01  # mask tokens are fresh N(0, std^2) noise
+    num_heads: int = 16  # the Transformer decoder of objective=mae (its attention heads)
 
 
 @dataclass
@@ -176,9 +177,15 @@ class TrainConfig:
     threads: int = 0  # CPU compute threads per process; 0: OMP_NUM_THREADS if set, else the free cores
 
 
+OBJECTIVES = ("data2vec2", "data2vec1", "mae", "mlm")
+
+
 @dataclass
 class Config:
     name: str = "custom"
+    # what is trained: data2vec2 (the paper), or a baseline over the same encoder, data and trainer
+    # (objectives/): data2vec1 (all modalities), mae (images), mlm (text)
+    objective: str = "data2vec2"
     model: ModelConfig = field(default_factory=ModelConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
@@ -196,6 +203,7 @@ class Config:
         model, masking, targets = self.model, self.masking, self.targets
         train, data, optim, decoder = self.train, self.data, self.optim, self.decoder
         checks = [
+            (self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}"),
             (model.embed_dim >= 1 and model.depth >= 1 and model.prenet_depth >= 0, "model.embed_dim",
              "model.embed_dim and model.depth must be >= 1, model.prenet_depth >= 0"),
             (model.num_heads >= 1 and model.embed_dim % model.num_heads == 0, "model.num_heads",
@@ -217,6 +225,8 @@ class Config:
              and model.embed_dim % decoder.groups == 0, "decoder.groups",
              "must divide decoder.dim and model.embed_dim"),
             (decoder.projection_layers in (1, 2), "decoder.projection_layers", "must be 1 or 2"),
+            (decoder.num_heads >= 1 and decoder.dim % decoder.num_heads == 0, "decoder.num_heads",
+             f"must be >= 1 and divide decoder.dim={decoder.dim}"),
             (self.loss.beta >= 0, "loss.beta", "must be >= 0 (0: L2, > 0: smooth L1)"),
             (0.0 <= self.ema.decay <= 1.0 and 0.0 <= self.ema.end_decay <= 1.0, "ema.decay", "must be in [0, 1]"),
             (optim.lr > 0, "optim.lr", "must be > 0"),

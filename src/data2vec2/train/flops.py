@@ -35,3 +35,19 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and n >= 3:
             return 2 * size**3 * n / elapsed
+
+
+def count_update_flops(model: torch.nn.Module, batch: dict, device: torch.device) -> float:
+    """The matmul and convolution FLOPs of one forward and backward pass of `model` (any objective)
+    on a collate `batch`, counted by PyTorch's FlopCounterMode (2 FLOPs per multiply-add, the same
+    convention as the hand counts above). The random streams are left as they were and the
+    gradients are cleared, so the training run is not changed by the count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with FlopCounterMode(display=False) as counter:
+            out = model(batch["inputs"].to(device), batch["mask"].to(device), batch["noise_seed"])
+            out.loss.backward()
+    for p in model.parameters():
+        p.grad = None
+    return float(counter.get_total_flops())

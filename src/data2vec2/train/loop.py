@@ -21,7 +21,7 @@ from ..data.collate import ReplaceUnreadable, ResumableSampler
 from ..errors import ConfigError, DataError, Interrupted, TrainingError
 from . import distributed
 from .checkpoint import RunLock, load_resume_state, non_finite, remove_partial_files, save_checkpoint
-from .flops import measure_matmul_flops
+from .flops import count_update_flops, measure_matmul_flops
 from .logger import MetricsLogger
 from .setup import Training, setup_training
 from .signals import StopRequests
@@ -107,6 +107,11 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     with torch.random.fork_rng(devices=[training.device] if training.device.type == "cuda" else []):
         # the random test matrices must not come from the training stream (resume equality)
         peak = measure_matmul_flops(training.device, training.dtype) if info.is_main else 0.0
+    # data2vec 2.0's FLOPs are counted by hand per modality; a baseline's are counted on its first batch
+    step_flops = data.step_flops
+    if config.objective != "data2vec2" and info.is_main:
+        first = data.collate([dataset[i] for i in range(min(training.micro_batch, len(dataset)))])
+        step_flops = count_update_flops(training.model, first, training.device) * train.batch_size / training.micro_batch
     if info.is_main:
         params = sum(p.numel() for p in training.model.encoder.parameters())
         print(f"[data2vec2] {config.name}: encoder {params / 1e6:.2f}M params, {len(data.dataset)} samples, "
@@ -153,7 +158,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
                 rate = window_samples / max(now - window_time, 1e-9)
                 last = {"loss": result.loss, "lr": training.scheduler.get_last_lr()[0], "ema_decay": result.tau,
                         "grad_norm": float(result.grad_norm), "samples_per_s": rate,
-                        "mfu": data.step_flops * (window_steps / max(now - window_time, 1e-9)) / peak if peak else 0.0,
+                        "mfu": step_flops * (window_steps / max(now - window_time, 1e-9)) / peak if peak else 0.0,
                         "skipped_files": len(skipped), "epoch": step // sampler.steps_per_epoch, "elapsed_s": elapsed,
                         **result.metrics}
                 logger.log(step, last)

@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, config_to_dict
 from ..errors import ConfigError
-from ..model import Data2Vec2, build_model
+from ..model import Data2Vec2
+from ..objectives import build_model
 from . import distributed
 from .checkpoint import with_current_names
 from .optim import apply_optim_config, build_optimizer, build_scheduler

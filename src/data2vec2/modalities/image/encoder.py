@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...encoder import LocalEncoder
@@ -51,6 +52,8 @@ class ImageLocalEncoder(LocalEncoder):
         super().__init__()
         settings, D = model_config.image, model_config.embed_dim
         self.grid = settings.image_size // settings.patch_size
+        self.patch_size = settings.patch_size
+        self.patch_dim = settings.in_channels * settings.patch_size**2  # pixels of a patch
         self.patch_embed = nn.Conv2d(settings.in_channels, D, kernel_size=settings.patch_size,
                                      stride=settings.patch_size)
         self.register_buffer("pos_embed", sincos_positions_2d(D, self.grid).unsqueeze(0))  # (1, T, D), fixed
@@ -74,6 +77,15 @@ class ImageLocalEncoder(LocalEncoder):
 
     def extra_tokens(self, n: int) -> Tensor:
         return self.cls_token.expand(n, -1, -1)
+
+    # -- for the MAE baseline (objectives/mae.py) --
+    def patch_values(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, T, C*p*p): each patch's pixels, patches in the tokens' row-major order."""
+        return F.unfold(images, self.patch_size, stride=self.patch_size).transpose(1, 2)
+
+    def position_table(self, dim: int) -> Tensor:
+        """The fixed 2-D sin-cos table at another width (the MAE decoder's), (T, dim)."""
+        return sincos_positions_2d(dim, self.grid).to(self.pos_embed.device)
 
 
 def build_decoder(config) -> Decoder2d:

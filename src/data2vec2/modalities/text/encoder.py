@@ -47,6 +47,9 @@ class TextLocalEncoder(LocalEncoder):
     normalize_context = False  # the text context encoder is empty (prenet_depth = 0)
     ema_local_encoder = False  # the teacher keeps only the shared blocks
     shareable = ("token_embed", "pos_embed", "embed_norm")
+    # for the MLM baseline (objectives/mlm.py): the byte-level BPE never emits <unk>, so it serves
+    # as the mask symbol; random replacements are drawn from the ordinary tokens after it
+    mask_token_id, first_ordinary_token = UNK, UNK + 1
 
     def __init__(self, model_config):
         super().__init__()

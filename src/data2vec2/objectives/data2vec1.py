@@ -1,0 +1,68 @@
+"""data2vec 1.0 (Baevski et al., ICML 2022; fairseq examples/data2vec/models/data2vec_audio.py,
+data2vec_text.py, data2vec_vision.py) over the same encoder, teacher and targets code as data2vec 2.0.
+
+What differs from data2vec 2.0 (the paper's section 2 lists it):
+
+    student : the WHOLE sequence is encoded; masked tokens are replaced by one learned mask
+              embedding (no token dropping); M = 1 mask per sample in the reference
+    head    : a Linear(D, D) regression head (`final_proj`) instead of the conv decoder
+    targets : the EMA teacher on the unmasked sample, the average of its top-K blocks' FFN outputs,
+              each normalised (targets.layer_norm), then targets.final_norm: the same code
+    loss    : L2 or smooth L1 (loss.beta) x loss.scale over the masked tokens; no CLS term
+
+The reference's settings per modality, for the config (`objective=data2vec1` plus these):
+speech targets.top_k=8 layer_norm=instance final_norm=none, L2, EMA 0.999 -> 0.9999;
+text top_k=10 layer_norm=layer final_norm=none, loss.beta=4 loss.scale=1, EMA 0.999 -> 0.9999;
+images (BEiT backbone there) top_k=6 layer_norm=none final_norm=layer, loss.beta=2.
+Two simplifications, named in docs/efficiency.md: the image targets are FFN outputs (the v1
+vision code averages whole block outputs), and text masks its embeddings with the learned vector
+(v1 text corrupts token ids, 80/10/10, as RoBERTa).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config
+from ..encoder import Encoder
+from ..errors import ConfigError
+from ..model import Data2Vec2, StudentOutput
+
+
+class Data2Vec1Student(nn.Module):
+    """Encoder + mask embedding + regression head."""
+
+    def __init__(self, encoder: Encoder, config: Config):
+        super().__init__()
+        D = config.model.embed_dim
+        self.encoder = encoder
+        self.num_masks = config.masking.num_masks
+        self.mask_embedding = nn.Parameter(torch.empty(D))
+        nn.init.trunc_normal_(self.mask_embedding, std=0.02)  # the reference's mask_emb init
+        self.head = nn.Linear(D, D)  # final_proj
+
+    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor) -> StudentOutput:
+        """inputs: (B, ...); mask: (B*M, T) bool, True = masked; noise_seeds: unused (no noise)."""
+        local_features = self.encoder.local_features(inputs)  # (B, T, D)
+        local = self.encoder.local_encoder
+        padding = local.padding_mask(inputs)
+        x = local_features.repeat_interleave(self.num_masks, dim=0)  # (B*M, T, D)
+        x = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
+        x = local.add_positions(x, mask)
+        if padding is not None:
+            padding = padding.repeat_interleave(self.num_masks, dim=0)
+        encoded = self.encoder.contextualize(x, padding, local.attention_bias(x.shape[1])).x
+        pred = self.head(encoded[:, self.encoder.num_extra_tokens:])  # (B*M, T, D)
+        return StudentOutput(local_features=local_features, encoded=encoded, pred=pred)
+
+
+class Data2Vec1(Data2Vec2):
+    """The data2vec 2.0 model with the data2vec 1.0 student: teacher, EMA, targets and loss are
+    inherited (the CLS term is off: loss.cls_weight must be 0)."""
+
+    def __init__(self, encoder: Encoder, config: Config):
+        if config.loss.cls_weight != 0:
+            raise ConfigError("loss.cls_weight: data2vec 1.0 has no CLS loss; set loss.cls_weight=0")
+        super().__init__(encoder, nn.Identity(), config)
+        self.student = Data2Vec1Student(encoder, config)
