@@ -94,8 +94,9 @@ def keep_freed_memory() -> bool:
     back to the system. By default a buffer above its (adaptive) mmap threshold is a fresh mapping
     that page-faults on first touch; a CPU update allocates and frees the same activations every
     time, and those page faults cost about 10 % of an image-tiny fp32 update on 2 AVX2 cores
-    (docs/benchmarks/README.md). The threshold's largest allowed value is 32 MiB on 64-bit glibc.
-    The price: the process's resident memory stays at its peak. False where libc is not glibc."""
+    (docs/image.md, "Where an fp32 update goes"). The threshold's largest allowed value is 32 MiB
+    on 64-bit glibc. The price: the process's resident memory stays at its peak. False where libc
+    is not glibc."""
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
         return False
@@ -126,7 +127,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 @dataclass
 class Training:
     config: Config
-    model: Data2Vec2
+    model: "Data2Vec2 | torch.nn.Module"  # the objective's model (objectives/build_model): Data2Vec2 by default
     student: torch.nn.Module  # model.student, compiled and/or DDP-wrapped: what the step runs
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
