@@ -15,6 +15,7 @@ whole budget. The default takes about two hours on 2 AVX2 cores.
 
     python benchmarks/efficiency.py --out docs/results/efficiency.json
     python benchmarks/efficiency.py --quick --out /tmp/efficiency.json        # every path, minutes
+    python benchmarks/efficiency.py --objectives data2vec2 --ablations --out docs/results/ablations.json
 """
 
 from __future__ import annotations
@@ -47,12 +48,22 @@ OBJECTIVES = {
     "data2vec1": ["objective=data2vec1", "masking.kind=block", "masking.mask_prob=0.6", "masking.num_masks=1",
                   "loss.cls_weight=0", "loss.beta=2", "targets.layer_norm=none", "targets.final_norm=layer"],
 }
+# data2vec 2.0 with one part changed (image-tiny: M = 4, inverse block masking, conv decoder, masked
+# tokens dropped, top-5 targets), each at the same budget and data2vec 2.0's learning rate
+ABLATIONS = {
+    "M=1": ["masking.num_masks=1"], "M=2": ["masking.num_masks=2"], "M=8": ["masking.num_masks=8"],
+    "random masking": ["masking.kind=random"],
+    "Transformer decoder": ["decoder.kind=transformer", "decoder.num_heads=4", "decoder.layers=2"],
+    "masked tokens encoded": ["masking.drop_masked=false"],
+    "last block's targets": ["targets.top_k=1"],
+}
 LR_GRID = {"data2vec2": [1e-3, 3e-3], "mae": [1e-3, 3e-3], "data2vec1": [1e-3, 3e-3]}
 FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
-def run_objective(name: str, lr: float, minutes: float, args, folder: Path) -> dict:
-    overrides = OBJECTIVES[name] + [f"optim.lr={lr}", f"data.cache_dir={args.cache}", "train.precision=fp32",
+def run_objective(name: str, lr: float, minutes: float, args, folder: Path, extra: list[str] | None = None) -> dict:
+    """Pre-train objective `name` (or, with `extra`, data2vec 2.0 with those overrides: an ablation)."""
+    overrides = (OBJECTIVES[name] if extra is None else extra) + [f"optim.lr={lr}", f"data.cache_dir={args.cache}", "train.precision=fp32",
 ]
     config = load_config("image-tiny", overrides)
     modality = MODALITIES["image"]
@@ -70,7 +81,8 @@ def run_objective(name: str, lr: float, minutes: float, args, folder: Path) -> d
     batch = data.collate([data.dataset[i] for i in range(config.train.batch_size)])
     flops = count_update_flops(training.model, batch, training.device)
     del training
-    run = folder / f"{name}-lr{lr:g}-{minutes:g}min"
+    label = name if extra is None else "ablation-" + "-".join(o.replace("=", "") for o in extra)
+    run = folder / f"{label}-lr{lr:g}-{minutes:g}min"
     start = time.perf_counter()
     pretrain(config, run, progress=not args.no_progress)
     wall = time.perf_counter() - start
@@ -156,6 +168,8 @@ def main() -> None:
     parser.add_argument("--finetune-updates", type=int, default=400, help="batch 64, on the last checkpoint")
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--runs", default="runs/efficiency")
+    parser.add_argument("--ablations", nargs="*", choices=list(ABLATIONS),
+                        help="also run these data2vec 2.0 ablations (no names: all of them)")
     parser.add_argument("--quick", action="store_true", help="every path in minutes: not for claims")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", required=True)
@@ -184,11 +198,18 @@ def main() -> None:
         evaluate(run["points"], args, splits)
         runs.append(run)
         best[name] = run
+    ablations = []
+    for label in (list(ABLATIONS) if args.ablations == [] else args.ablations or []):
+        lr = best["data2vec2"]["lr"] if "data2vec2" in best else LR_GRID["data2vec2"][0]
+        run = run_objective("data2vec2", lr, args.budget_minutes, args, folder, extra=ABLATIONS[label])
+        run["ablation"] = label
+        evaluate(run["points"], args, splits, finetune_last=False)
+        ablations.append(run)
     result = {"benchmark": "efficiency", "budget_minutes": args.budget_minutes, "quick": args.quick,
               "probe_images": args.probe_images, "finetune_images": args.finetune_images,
               "finetune_updates": args.finetune_updates, "tune_minutes": args.tune_minutes,
               "objectives": {name: OBJECTIVES[name] for name in args.objectives}, "lr_grid": LR_GRID,
-              "tuning": tuning, "runs": runs, "chosen_lr": {name: run["lr"] for name, run in best.items()},
+              "tuning": tuning, "runs": runs, "ablations": ablations, "chosen_lr": {name: run["lr"] for name, run in best.items()},
               "speedup": speedups(best, "probe_test") if "data2vec2" in best else {},
               "finetune_last": {name: {k: run["points"][-1].get(k) for k in ("finetune_val", "finetune_test")}
                                 for name, run in best.items()},

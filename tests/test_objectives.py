@@ -10,6 +10,7 @@ import torch
 from conftest import SMALL
 
 import data2vec2
+from data2vec2.errors import ConfigError
 from data2vec2.masking import make_masks
 from data2vec2.modalities import MODALITIES
 from data2vec2.objectives.mlm import corrupt
@@ -185,3 +186,41 @@ def test_counted_flops_agree_with_the_hand_count():
     counted = count_update_flops(model, batch, torch.device("cpu"))
     assert counted == pytest.approx(record.step_flops(config, 4, length), rel=0.01)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("extra", [["masking.drop_masked=false"], ["decoder.kind=transformer", "decoder.num_heads=4"]],
+                         ids=["encode-masked", "transformer-decoder"])
+def test_the_ablation_switches(extra):
+    """masking.drop_masked=false encodes every token (masked ones as a learned embedding, so their
+    pixels never reach the student); decoder.kind=transformer swaps the conv decoder. Both train."""
+    model, config = image_model(extra + ["masking.num_masks=1"])  # one clone: a masked patch is hidden entirely
+    images, mask = images_and_mask(config)
+    seeds = torch.arange(3)
+    with torch.no_grad():
+        out = model.student(images, mask, seeds)
+        again = model.student(scramble_masked_patches(images, mask), mask, seeds)
+    M, T, D = config.masking.num_masks, mask.shape[1], config.model.embed_dim
+    assert out.pred.shape == (3 * M, T, D)
+    torch.testing.assert_close(again.pred, out.pred)
+    kept = T if not config.masking.drop_masked else T - int(mask[0].sum())
+    assert out.encoded.shape[1] == 1 + kept
+    model.train()
+    loss = model(images, mask, seeds).loss
+    loss.backward()
+    assert math.isfinite(float(loss.detach()))
+    assert all(p.grad is not None for n, p in model.student.named_parameters() if "decoder" in n or "mask_emb" in n)
+
+
+def test_keys_added_later_may_be_missing_from_a_saved_config():
+    from data2vec2.config import config_to_dict
+
+    values = config_to_dict(data2vec2.load_config("image-tiny"))
+    for section, key in (("decoder", "num_heads"), ("decoder", "kind"), ("masking", "drop_masked")):
+        del values[section][key]
+    loaded = data2vec2.config_from_dict(values, saved=True)
+    assert loaded.decoder.kind == "conv" and loaded.masking.drop_masked and loaded.decoder.num_heads == 16
+    del values["decoder"]["dim"]
+    with pytest.raises(ConfigError, match="decoder.dim"):
+        data2vec2.config_from_dict(values, saved=True)
+    with pytest.raises(ConfigError, match="decoder.kind"):
+        data2vec2.load_config("text-tiny", ["decoder.kind=transformer"])

@@ -77,7 +77,8 @@ class DecoderConfig:
     projection_layers: int = 1  # 1: Linear(dim -> D); 2: Linear(dim -> 2 dim) -> GELU -> Linear (text)
     input_dropout: float = 0.0
     mask_noise_std: float = 0.01  # mask tokens are fresh N(0, std^2) noise
-    num_heads: int = 16  # the Transformer decoder of objective=mae (its attention heads)
+    kind: str = "conv"  # conv (the reference) | transformer: an ablation for images (nn/decoders.py)
+    num_heads: int = 16  # attention heads of a Transformer decoder (decoder.kind=transformer, objective=mae)
 
 
 @dataclass
@@ -87,6 +88,9 @@ class MaskingConfig:
     mask_length: int = 3  # block width b
     mask_prob_adjust: float = 0.07
     num_masks: int = 16  # M, clones per sample (clone_batch)
+    # True (the reference): the student encodes only the unmasked tokens. False, an ablation: it
+    # encodes every token, the masked ones as one learned mask embedding (data2vec 1.0, BERT)
+    drop_masked: bool = True
 
 
 @dataclass
@@ -225,6 +229,7 @@ class Config:
              and model.embed_dim % decoder.groups == 0, "decoder.groups",
              "must divide decoder.dim and model.embed_dim"),
             (decoder.projection_layers in (1, 2), "decoder.projection_layers", "must be 1 or 2"),
+            (decoder.kind in ("conv", "transformer"), "decoder.kind", "must be conv or transformer"),
             (decoder.num_heads >= 1 and decoder.dim % decoder.num_heads == 0, "decoder.num_heads",
              f"must be >= 1 and divide decoder.dim={decoder.dim}"),
             (self.loss.beta >= 0, "loss.beta", "must be >= 0 (0: L2, > 0: smooth L1)"),
@@ -256,6 +261,9 @@ class Config:
 # Sections whose every key changes the model's mathematics: a saved config that lacks one of their
 # keys cannot be completed with a default (the default may not be what the writer used).
 MATHEMATICAL_SECTIONS = ("model", "decoder", "masking", "targets", "loss", "ema")
+# Keys of those sections added after configs were first saved. Their defaults are what every earlier
+# version did, so a saved config without them still loads, and means what it meant.
+LATER_KEYS = ("decoder.num_heads", "decoder.kind", "masking.drop_masked")
 
 
 class ConfigWarning(UserWarning):
@@ -377,10 +385,10 @@ class _Reader:
         """In a saved config, every key of a mathematical section that is present must be there."""
         def walk(obj: Any, given: dict, prefix: str) -> None:
             for name in _field_names(obj):
-                if name not in given:
+                if name not in given and f"{prefix}{name}" not in LATER_KEYS:
                     raise ConfigError(f"{self.source}: '{prefix}{name}' is missing; it changes the model's "
                                       f"mathematics, so no default can stand in for it (written by another version?)")
-                if dataclasses.is_dataclass(getattr(obj, name)):
+                if name in given and dataclasses.is_dataclass(getattr(obj, name)):
                     walk(getattr(obj, name), given[name], f"{prefix}{name}.")
             settings = obj.__dict__.get("settings")
             if settings is not None and prefix == "model.":

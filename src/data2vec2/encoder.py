@@ -163,6 +163,18 @@ class Encoder(nn.Module):
         bias = self.local_encoder.attention_bias(local_features.shape[1], mask_info.ids_keep)
         return self.contextualize(x, padding_mask, bias)
 
+    def forward_mask_embedded(self, local_features: Tensor, mask: Tensor, num_masks: int, mask_embedding: Tensor,
+                              padding_mask: Tensor | None = None) -> EncoderOutput:
+        """The student of data2vec 1.0 (and BERT): each sample cloned M times, every token encoded,
+        the masked ones replaced by `mask_embedding` (D,) before positions are added.
+        mask: (B*M, T) bool, True = masked. Returns (B*M, extra + T, D)."""
+        x = local_features.repeat_interleave(num_masks, dim=0)  # (B*M, T, D)
+        x = torch.where(mask.unsqueeze(-1), mask_embedding.to(x.dtype), x)
+        x = self.local_encoder.add_positions(x, mask)
+        if padding_mask is not None:
+            padding_mask = padding_mask.repeat_interleave(num_masks, dim=0)
+        return self.contextualize(x, padding_mask, self.local_encoder.attention_bias(x.shape[1]))
+
     def forward(self, inputs: Tensor) -> EncoderOutput:
         """Encode whole, unmasked inputs: (B, ...) -> x (B, extra + T, D)."""
         return self.forward_unmasked(self.local_features(inputs), self.local_encoder.padding_mask(inputs))

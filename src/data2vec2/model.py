@@ -81,13 +81,23 @@ class Student(nn.Module):
         self.num_masks = config.masking.num_masks
         self.noise_std = config.decoder.mask_noise_std
         self.decoder_input_dropout = config.decoder.input_dropout
+        self.drop_masked = config.masking.drop_masked
+        if not self.drop_masked:  # the ablation that encodes masked tokens (masking.drop_masked=false)
+            self.mask_embedding = nn.Parameter(torch.empty(config.model.embed_dim))
+            nn.init.trunc_normal_(self.mask_embedding, std=0.02)
 
     def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor) -> StudentOutput:
         """inputs: (B, ...); mask: (B*M, T) bool, True = masked, the same count in every row;
         noise_seeds: (B,) int64, one per sample."""
-        info = MaskInfo.from_mask(mask)
         local_features = self.encoder.local_features(inputs)  # (B, T, D)
         padding = self.encoder.local_encoder.padding_mask(inputs)
+        if not self.drop_masked:  # every token encoded; the decoder sees the encoder's output everywhere
+            encoded = self.encoder.forward_mask_embedded(local_features, mask, self.num_masks, self.mask_embedding,
+                                                         padding).x  # (B*M, extra + T, D)
+            x = F.dropout(encoded, self.decoder_input_dropout, self.training)
+            pred = self.decoder(x[:, self.encoder.num_extra_tokens:])
+            return StudentOutput(local_features=local_features, encoded=encoded, pred=pred)
+        info = MaskInfo.from_mask(mask)
         encoded = self.encoder.forward_masked(local_features, info, self.num_masks, padding).x
         x = F.dropout(encoded, self.decoder_input_dropout, self.training)
         kept = x[:, self.encoder.num_extra_tokens:]  # (B*M, T_keep, D)

@@ -1,4 +1,5 @@
 """The light convolutional decoder (the reference's `Decoder1d`/`Decoder2d`): fills the masked positions back in.
+(`TransformerDecoder` at the end is an ablation, not the reference.)
 
 Each layer is Conv -> LayerNorm over channels (no affine) -> GELU; a residual wraps the whole
 layer whenever its input and output channel counts agree; a final Linear maps to the model width.
@@ -89,4 +90,32 @@ class Decoder2d(nn.Module):
 
     def reset_projection(self) -> None:
         """The reference re-initialises the output projection with PyTorch's default (DecoderBase.reset_parameters)."""
+        self.proj.reset_parameters()
+
+
+class TransformerDecoder(nn.Module):
+    """An ablation of the conv decoder (decoder.kind=transformer): (B*M, T, D) -> (B*M, T, D) as the
+    conv decoders, with attention instead of local convolutions.
+
+    Linear(D -> dim) + a fixed position table (T, dim) -> `layers` pre-LN Transformer blocks
+    (`heads` heads, MLP 4 x dim, GELU) -> LayerNorm -> Linear(dim -> D)."""
+
+    def __init__(self, in_dim: int, dim: int, *, layers: int, heads: int, positions: Tensor):
+        super().__init__()
+        self.embed = nn.Linear(in_dim, dim)
+        self.register_buffer("positions", positions.unsqueeze(0), persistent=False)  # (1, T, dim)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, in_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed(x) + self.positions.to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        return self.proj(self.norm(x))
+
+    def reset_projection(self) -> None:
         self.proj.reset_parameters()

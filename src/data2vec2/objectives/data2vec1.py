@@ -45,14 +45,9 @@ class Data2Vec1Student(nn.Module):
     def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor) -> StudentOutput:
         """inputs: (B, ...); mask: (B*M, T) bool, True = masked; noise_seeds: unused (no noise)."""
         local_features = self.encoder.local_features(inputs)  # (B, T, D)
-        local = self.encoder.local_encoder
-        padding = local.padding_mask(inputs)
-        x = local_features.repeat_interleave(self.num_masks, dim=0)  # (B*M, T, D)
-        x = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
-        x = local.add_positions(x, mask)
-        if padding is not None:
-            padding = padding.repeat_interleave(self.num_masks, dim=0)
-        encoded = self.encoder.contextualize(x, padding, local.attention_bias(x.shape[1])).x
+        padding = self.encoder.local_encoder.padding_mask(inputs)
+        encoded = self.encoder.forward_mask_embedded(local_features, mask, self.num_masks, self.mask_embedding,
+                                                     padding).x  # (B*M, extra + T, D)
         pred = self.head(encoded[:, self.encoder.num_extra_tokens:])  # (B*M, T, D)
         return StudentOutput(local_features=local_features, encoded=encoded, pred=pred)
 

@@ -107,9 +107,11 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     with torch.random.fork_rng(devices=[training.device] if training.device.type == "cuda" else []):
         # the random test matrices must not come from the training stream (resume equality)
         peak = measure_matmul_flops(training.device, training.dtype) if info.is_main else 0.0
-    # data2vec 2.0's FLOPs are counted by hand per modality; a baseline's are counted on its first batch
+    # data2vec 2.0's FLOPs are counted by hand per modality; a baseline's or an ablation's are counted
+    # on the first batch
     step_flops = data.step_flops
-    if config.objective != "data2vec2" and info.is_main:
+    hand_counted = config.objective == "data2vec2" and config.decoder.kind == "conv" and config.masking.drop_masked
+    if not hand_counted and info.is_main:
         first = data.collate([dataset[i] for i in range(min(training.micro_batch, len(dataset)))])
         step_flops = count_update_flops(training.model, first, training.device) * train.batch_size / training.micro_batch
     if info.is_main:

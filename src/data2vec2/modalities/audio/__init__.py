@@ -13,6 +13,7 @@ from .encoder import AudioLocalEncoder, AudioSettings, build_decoder, step_flops
 def check_config(config) -> list[tuple[bool, str, str]]:
     model, settings, masking, data = config.model, config.model.audio, config.masking, config.data
     return [
+        (config.decoder.kind == "conv", "decoder.kind", "only images have a Transformer-decoder ablation"),
         (len(settings.conv_layers) >= 1, "model.audio.conv_layers", "needs >= 1 layer"),
         (all(min(layer) >= 1 for layer in settings.conv_layers), "model.audio.conv_layers",
          "every (channels, kernel, stride) must be >= 1"),

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ...encoder import LocalEncoder
 from ...masking import num_masked
-from ...nn.decoders import Decoder2d
+from ...nn.decoders import Decoder2d, TransformerDecoder
 from ...train.flops import blocks_forward_flops
 
 
@@ -88,9 +88,15 @@ class ImageLocalEncoder(LocalEncoder):
         return sincos_positions_2d(dim, self.grid).to(self.pos_embed.device)
 
 
-def build_decoder(config) -> Decoder2d:
+def build_decoder(config) -> Decoder2d | TransformerDecoder:
     grid = config.model.image.image_size // config.model.image.patch_size
     decoder_config = config.decoder
+    if decoder_config.kind == "transformer":  # the ablation; positions as the MAE decoder's
+        decoder = TransformerDecoder(config.model.embed_dim, decoder_config.dim, layers=decoder_config.layers,
+                                     heads=decoder_config.num_heads,
+                                     positions=sincos_positions_2d(decoder_config.dim, grid))
+        decoder.reset_projection()
+        return decoder
     decoder = Decoder2d(config.model.embed_dim, decoder_config.dim, kernel_size=decoder_config.kernel_size,
                         layers=decoder_config.layers, groups=decoder_config.groups, residual=decoder_config.residual,
                         grid=(grid, grid))

@@ -13,6 +13,7 @@ from .hf import export_text_hf, read_text_hf
 def check_config(config) -> list[tuple[bool, str, str]]:
     model, settings = config.model, config.model.text
     return [
+        (config.decoder.kind == "conv", "decoder.kind", "only images have a Transformer-decoder ablation"),
         (settings.vocab_size > 4, "model.text.vocab_size", "must exceed the 4 special tokens"),
         (settings.max_positions >= 2, "model.text.max_positions", "must be >= 2 (<s> and a token)"),
         (model.prenet_depth == 0, "model.prenet_depth", "must be 0: the text context encoder is empty"),
