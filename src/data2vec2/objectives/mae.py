@@ -25,6 +25,7 @@ from ..config import Config
 from ..encoder import Encoder, MaskInfo, gather_tokens
 from ..errors import ConfigError
 from ..model import LossOutput, StudentOutput, channel_std
+from .teacherless import TeacherlessModel
 
 
 def normalized_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
@@ -73,23 +74,11 @@ class MAEStudent(nn.Module):
         return StudentOutput(local_features=local_features, encoded=encoded, pred=self.head(self.norm(x)))
 
 
-class MAE(nn.Module):
-    """The trainer's interface (student, teacher, update_teacher, forward) for MAE."""
+class MAE(TeacherlessModel):
+    """The trainer's model for MAE."""
 
     def __init__(self, encoder: Encoder, config: Config):
-        super().__init__()
-        if config.masking.num_masks != 1:
-            raise ConfigError("masking.num_masks: MAE encodes one masked view per image; set masking.num_masks=1")
-        self.config = config
-        self.student = MAEStudent(encoder, config)
-        self.teacher = nn.Module()  # none: the targets are pixels
-
-    @property
-    def encoder(self) -> Encoder:
-        return self.student.encoder
-
-    def update_teacher(self, step: int) -> float:
-        return 0.0  # no teacher (logged as ema_decay 0)
+        super().__init__(MAEStudent(encoder, config), config, "MAE encodes one masked view per image")
 
     def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor, update_masked: float | None = None,
                 student: nn.Module | None = None, with_metrics: bool = False) -> LossOutput:

@@ -22,6 +22,7 @@ from ..config import Config
 from ..encoder import Encoder
 from ..errors import ConfigError
 from ..model import LossOutput, StudentOutput
+from .teacherless import TeacherlessModel
 
 MASK_SYMBOL, RANDOM_TOKEN = 0.8, 0.1  # of the chosen tokens; the rest stay as they are
 
@@ -64,23 +65,11 @@ class MLMStudent(nn.Module):
         return StudentOutput(local_features=encoded, encoded=encoded, pred=logits)
 
 
-class MLM(nn.Module):
-    """The trainer's interface (student, teacher, update_teacher, forward) for masked language modelling."""
+class MLM(TeacherlessModel):
+    """The trainer's model for masked language modelling."""
 
     def __init__(self, encoder: Encoder, config: Config):
-        super().__init__()
-        if config.masking.num_masks != 1:
-            raise ConfigError("masking.num_masks: MLM corrupts each sequence once; set masking.num_masks=1")
-        self.config = config
-        self.student = MLMStudent(encoder, config)
-        self.teacher = nn.Module()  # none: the targets are the original tokens
-
-    @property
-    def encoder(self) -> Encoder:
-        return self.student.encoder
-
-    def update_teacher(self, step: int) -> float:
-        return 0.0  # no teacher (logged as ema_decay 0)
+        super().__init__(MLMStudent(encoder, config), config, "MLM corrupts each sequence once")
 
     def forward(self, tokens: Tensor, mask: Tensor, noise_seeds: Tensor, update_masked: float | None = None,
                 student: nn.Module | None = None, with_metrics: bool = False) -> LossOutput:

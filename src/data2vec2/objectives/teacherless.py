@@ -1,0 +1,29 @@
+"""What the trainer needs from an objective without a teacher (MAE, MLM): its targets come from
+the input itself."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import Config
+from ..encoder import Encoder
+from ..errors import ConfigError
+
+
+class TeacherlessModel(nn.Module):
+    """`student` (with `.encoder`) is trained and saved; `teacher` is empty; one masked view per sample."""
+
+    def __init__(self, student: nn.Module, config: Config, why_one_mask: str):
+        super().__init__()
+        if config.masking.num_masks != 1:
+            raise ConfigError(f"masking.num_masks: {why_one_mask}; set masking.num_masks=1")
+        self.config = config
+        self.student = student
+        self.teacher = nn.Module()  # nothing to average: saved as an empty state
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.student.encoder
+
+    def update_teacher(self, step: int) -> float:
+        return 0.0  # no teacher (logged as ema_decay 0)
