@@ -23,9 +23,8 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..encoder import Encoder, MaskInfo, gather_tokens
-from ..errors import ConfigError
 from ..model import LossOutput, StudentOutput, channel_std
-from .teacherless import TeacherlessModel
+from .teacherless import TeacherlessModel, require_hooks
 
 
 def normalized_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
@@ -39,8 +38,7 @@ class MAEStudent(nn.Module):
     def __init__(self, encoder: Encoder, config: Config):
         super().__init__()
         local = encoder.local_encoder
-        if not all(hasattr(local, hook) for hook in ("patch_values", "patch_dim", "position_table")):
-            raise ConfigError(f"objective: mae needs patches of pixels; the {config.model.modality} encoder has none")
+        require_hooks(encoder, ("patch_values", "patch_dim", "position_table"), "mae", "patches of pixels", config)
         D, d = config.model.embed_dim, config.decoder.dim
         self.encoder = encoder
         self.embed = nn.Linear(D, d)

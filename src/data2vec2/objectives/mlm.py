@@ -20,9 +20,8 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..encoder import Encoder
-from ..errors import ConfigError
 from ..model import LossOutput, StudentOutput
-from .teacherless import TeacherlessModel
+from .teacherless import TeacherlessModel, require_hooks
 
 MASK_SYMBOL, RANDOM_TOKEN = 0.8, 0.1  # of the chosen tokens; the rest stay as they are
 
@@ -44,8 +43,7 @@ class MLMStudent(nn.Module):
     def __init__(self, encoder: Encoder, config: Config):
         super().__init__()
         local = encoder.local_encoder
-        if not all(hasattr(local, hook) for hook in ("token_embed", "mask_token_id", "first_ordinary_token")):
-            raise ConfigError(f"objective: mlm needs a token vocabulary; the {config.model.modality} encoder has none")
+        require_hooks(encoder, ("token_embed", "mask_token_id", "first_ordinary_token"), "mlm", "a token vocabulary", config)
         D = config.model.embed_dim
         self.encoder = encoder
         self.transform = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.LayerNorm(D, eps=config.model.norm_eps))

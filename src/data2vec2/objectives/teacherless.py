@@ -10,6 +10,12 @@ from ..encoder import Encoder
 from ..errors import ConfigError
 
 
+def require_hooks(encoder: Encoder, hooks: tuple[str, ...], objective: str, needs: str, config: Config) -> None:
+    """A ConfigError unless the modality's local encoder has every hook this objective uses."""
+    if not all(hasattr(encoder.local_encoder, hook) for hook in hooks):
+        raise ConfigError(f"objective: {objective} needs {needs}; the {config.model.modality} encoder has none")
+
+
 class TeacherlessModel(nn.Module):
     """`student` (with `.encoder`) is trained and saved; `teacher` is empty; one masked view per sample."""
 
