@@ -1,19 +1,25 @@
-"""Time to accuracy: data2vec 2.0 against MAE and data2vec 1.0 on the same image encoder
-(image-tiny), data (Fashion-MNIST), trainer and machine, in one run.
+"""Time to accuracy: data2vec 2.0 against other objectives on the same encoder, data, trainer and
+machine, in one run. Images (the default): data2vec 2.0, MAE and data2vec 1.0 on image-tiny and
+Fashion-MNIST. Side tables: text (data2vec 2.0, data2vec 1.0, MLM on text-tiny; Rotten Tomatoes)
+and speech (data2vec 2.0, data2vec 1.0 on audio-tiny; keyword spotting).
 
-1. Tuning, the same for every objective: each learning rate of the grid pre-trains for
+1. Tuning, the same for every objective: each learning rate of the modality's grid pre-trains for
    --tune-minutes; the one whose encoder gives the best linear probe on a validation split (carved
-   from the training images) is kept.
+   from the training data) is kept.
 2. The comparison: with its learning rate, each objective's update time is measured and its
    schedule sized to end at --budget-minutes of wall clock, with checkpoints at 1/8, 1/4, 1/2 and
    all of it. Every checkpoint gets a linear probe (frozen features; validation and test); the last
-   one also a short full fine-tuning (modalities/image/finetune.py; validation and test).
+   one also a short full fine-tuning (images: modalities/image/finetune.py; text: Rotten Tomatoes
+   with modalities/text/finetune.py; speech: none, the probe only).
 Writes a JSON file (objective, lr, seconds, updates, samples, FLOPs, accuracies, hardware,
 versions) and two plots: accuracy against pre-training seconds and against FLOPs. The speed-up is
 the time data2vec 2.0 needs to reach the best test probe accuracy each baseline reaches in its
-whole budget. The default takes about two hours on 2 AVX2 cores.
+whole budget. The image default takes about two hours on 2 AVX2 cores, text and speech about one
+hour each.
 
     python benchmarks/efficiency.py --out docs/results/efficiency.json
+    python benchmarks/efficiency.py --modality text --out docs/results/efficiency_text.json
+    python benchmarks/efficiency.py --modality audio --out docs/results/efficiency_audio.json
     python benchmarks/efficiency.py --quick --out /tmp/efficiency.json        # every path, minutes
     python benchmarks/efficiency.py --objectives data2vec2 --ablations --out docs/results/ablations.json
 """
@@ -25,27 +31,44 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data2vec2 import build_model, load_config, load_encoder_and_config, pretrain
 from data2vec2.benchmark import machine, time_updates
 from data2vec2.eval.probe import linear_probe
 from data2vec2.modalities import MODALITIES
-from data2vec2.modalities.image.data import Subset, open_image_source
-from data2vec2.modalities.image.evaluate import extract_features
-from data2vec2.modalities.image.finetune import Recipe, finetune, load_images, split_validation
 from data2vec2.train.flops import count_update_flops
 
-# The baselines over image-tiny's encoder. MAE: the paper's masking and a decoder scaled with the
-# encoder (ViT-B: 768 wide, decoder 8 x 512; here 192 wide, decoder 2 x 128). data2vec 1.0: the v1
-# vision settings (block masking of 60 %, top-6 targets -> here all 5 blocks, final LayerNorm,
-# smooth L1 with beta 2), one mask per image, no CLS loss.
+PRESETS = {"image": "image-tiny", "text": "text-tiny", "audio": "audio-tiny"}
+# Each baseline with the settings that belong to it, over the preset's encoder (docs/efficiency.md).
+# Images. MAE: the paper's masking and a decoder scaled with the encoder (ViT-B: 768 wide, decoder
+# 8 x 512; here 192 wide, decoder 2 x 128). data2vec 1.0: the v1 vision settings (block masking of
+# 60 %, top-6 targets -> here all 5 blocks, final LayerNorm, smooth L1 with beta 2), no CLS loss.
+# Text. data2vec 1.0: v1 text (spans of 4 tokens covering 35 %, LayerNorm per target block, smooth
+# L1 with beta 4, scale 1, the 2-layer head of text-tiny's decoder.projection_layers). MLM:
+# RoBERTa's 15 %, 80/10/10. Speech. data2vec 1.0: v1 speech (spans of 10 frames, about half of them
+# masked; instance-normalised targets and L2 as data2vec 2.0). data2vec 1.0 has one mask per sample.
 OBJECTIVES = {
-    "data2vec2": [],
-    "mae": ["objective=mae", "masking.kind=random", "masking.mask_prob=0.75", "masking.num_masks=1",
-            "decoder.dim=128", "decoder.layers=2", "decoder.num_heads=4"],
-    "data2vec1": ["objective=data2vec1", "masking.kind=block", "masking.mask_prob=0.6", "masking.num_masks=1",
-                  "loss.cls_weight=0", "loss.beta=2", "targets.layer_norm=none", "targets.final_norm=layer"],
+    "image": {
+        "data2vec2": [],
+        "mae": ["objective=mae", "masking.kind=random", "masking.mask_prob=0.75", "masking.num_masks=1",
+                "decoder.dim=128", "decoder.layers=2", "decoder.num_heads=4"],
+        "data2vec1": ["objective=data2vec1", "masking.kind=block", "masking.mask_prob=0.6", "masking.num_masks=1",
+                      "loss.cls_weight=0", "loss.beta=2", "targets.layer_norm=none", "targets.final_norm=layer"],
+    },
+    "text": {
+        "data2vec2": [],
+        "data2vec1": ["objective=data2vec1", "masking.kind=block", "masking.mask_prob=0.35", "masking.mask_length=4",
+                      "masking.num_masks=1", "targets.layer_norm=layer", "targets.final_norm=none", "loss.beta=4",
+                      "loss.scale=1"],
+        "mlm": ["objective=mlm", "masking.mask_prob=0.15", "masking.num_masks=1"],
+    },
+    "audio": {
+        "data2vec2": [],
+        "data2vec1": ["objective=data2vec1", "masking.kind=block", "masking.mask_prob=0.5", "masking.mask_length=10",
+                      "masking.num_masks=1"],
+    },
 }
 # data2vec 2.0 with one part changed (image-tiny: M = 4, inverse block masking, conv decoder, masked
 # tokens dropped, top-5 targets), each at the same budget and data2vec 2.0's learning rate
@@ -56,32 +79,35 @@ ABLATIONS = {
     "masked tokens encoded": ["masking.drop_masked=false"],
     "last block's targets": ["targets.top_k=1"],
 }
-LR_GRID = {"data2vec2": [1e-3, 3e-3], "mae": [1e-3, 3e-3], "data2vec1": [1e-3, 3e-3]}
+LR_GRID = {"image": [1e-3, 3e-3], "text": [1e-3, 2e-3], "audio": [1e-3, 2e-3]}  # the same for every objective
+MINUTES = {"image": (20.0, 5.0), "text": (10.0, 3.0), "audio": (10.0, 3.0)}  # (budget, each lr of the grid)
 FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
-def run_objective(name: str, lr: float, minutes: float, args, folder: Path, extra: list[str] | None = None) -> dict:
+def run_objective(modality_name: str, name: str, lr: float, minutes: float, args, folder: Path,
+                  extra: list[str] | None = None) -> dict:
     """Pre-train objective `name` (or, with `extra`, data2vec 2.0 with those overrides: an ablation)."""
-    overrides = (OBJECTIVES[name] if extra is None else extra) + [f"optim.lr={lr}", f"data.cache_dir={args.cache}", "train.precision=fp32",
-]
-    config = load_config("image-tiny", overrides)
-    modality = MODALITIES["image"]
-    step_s = time_updates(config, modality, steps=6)["step_s"]  # the median of 6: a host whose speed moves
+    overrides = ((OBJECTIVES[modality_name][name] if extra is None else extra)
+                 + [f"optim.lr={lr}", f"data.cache_dir={args.cache}", "train.precision=fp32"])
+    preset = PRESETS[modality_name]
+    config = load_config(preset, overrides)
+    modality = MODALITIES[modality_name]
+    # The faster of two medians of 6 updates: a shared host that slows down for a few seconds only
+    # inflates a measurement, and an inflated one would end the run well before its budget.
+    step_s = min(time_updates(config, modality, steps=6)["step_s"] for _ in range(2))
     budget = minutes * 60
     every = max(1, int(budget / (step_s * 1.05)) // 8)  # 1/8 of the updates; the data loader's share: 5 %
     every = every // 10 * 10 if every >= 10 else every
     updates = 8 * every
-    config = load_config("image-tiny", overrides + [
+    config = load_config(preset, overrides + [
         f"train.max_steps={updates}", f"train.checkpoint_every={every}",
         "train.keep_checkpoints=8", f"train.log_every={10 if every % 10 == 0 else 1}", f"ema.anneal_steps={updates}",
         f"optim.warmup_steps={max(1, updates // 12)}", f"train.time_budget_s={budget * 2}"])  # a safety net only
-    model = build_model(config)
     data = modality.pretraining_data(config)
     batch = data.collate([data.dataset[i] for i in range(config.train.batch_size)])
-    flops = count_update_flops(model, batch, torch.device("cpu"))
-    del model
+    flops = count_update_flops(build_model(config), batch, torch.device("cpu"))
     label = name if extra is None else "ablation-" + "-".join(o.replace("=", "") for o in extra)
-    run = folder / f"{label}-lr{lr:g}-{minutes:g}min"
+    run = folder / f"{modality_name}-{label}-lr{lr:g}-{minutes:g}min"
     start = time.perf_counter()
     pretrain(config, run, progress=not args.no_progress)
     wall = time.perf_counter() - start
@@ -91,31 +117,137 @@ def run_objective(name: str, lr: float, minutes: float, args, folder: Path, extr
     for fraction in FRACTIONS:
         step = int(updates * fraction)  # a multiple of `every` and of log_every: a checkpoint and a row exist
         checkpoint = run / "checkpoints" / ("last.pt" if step == updates else f"step_{step:09d}.pt")
-        seconds = elapsed[step]
-        points.append({"fraction": fraction, "updates": step, "seconds": round(seconds, 1),
+        points.append({"fraction": fraction, "updates": step, "seconds": round(elapsed[step], 1),
                        "samples": step * config.train.batch_size, "flops": step * flops,
                        "checkpoint": str(checkpoint)})
     return {"objective": name, "lr": lr, "step_s_measured": step_s, "flops_per_update": flops,
-            "updates": updates, "wall_s": round(wall, 1), "points": points}
+            "updates": updates, "budget_s": budget, "wall_s": round(wall, 1),
+            "budget_used": round(points[-1]["seconds"] / budget, 3), "points": points}
 
 
-def evaluate(points: list[dict], args, splits, test: bool = True, finetune_last: bool = True) -> None:
-    fit_source, val_source, test_source = splits
-    recipe = Recipe(updates=args.finetune_updates, batch_size=64, seed=0)
+class ImageTasks:
+    """Fashion-MNIST: a validation split of 5,000 training images, the probe learning from
+    --probe-images others, the test split; fine-tuning from --finetune-images."""
+
+    def __init__(self, args):
+        from data2vec2.modalities.image.data import Subset, open_image_source
+        from data2vec2.modalities.image.finetune import split_validation
+
+        source = open_image_source("fashion-mnist:train", Path(args.cache), 1)
+        fit_all, self.val = split_validation(source, 1000 if args.quick else 5000, seed=0)
+        self.test = open_image_source("fashion-mnist:test", Path(args.cache), 1)
+        if args.quick:
+            self.test = Subset.sample(self.test, 1000, 0)
+        self.fit = Subset.sample(fit_all, args.probe_images, 0)
+        self.finetune_fit = Subset.sample(fit_all, args.finetune_images, 0)
+        self.finetune_updates = args.finetune_updates
+
+    def probe(self, encoder, config, test: bool) -> dict:
+        from data2vec2.modalities.image.evaluate import extract_features
+
+        def features(source):
+            return extract_features(encoder, source, image_size=config.model.image.image_size, mean=config.data.mean,
+                                    std=config.data.std, progress=False)
+
+        fit, val = features(self.fit), features(self.val)
+        out = {"probe_val": linear_probe(*fit, *val, seed=0).test_accuracy}
+        if test:
+            out["probe_test"] = linear_probe(*fit, *features(self.test), seed=0).test_accuracy
+        return out
+
+    def finetune(self, encoder, config) -> dict:
+        from data2vec2.modalities.image.finetune import Recipe, finetune, load_images
+
+        if self.finetune_updates <= 0:
+            return {}
+        evals = {"val": load_images(self.val, config), "test": load_images(self.test, config)}
+        result = finetune(encoder, load_images(self.finetune_fit, config), evals,
+                          Recipe(updates=self.finetune_updates, batch_size=64, seed=0), 10, progress=False)
+        return {"finetune_val": result["accuracy"]["val"], "finetune_test": result["accuracy"]["test"]}
+
+
+class TextTasks:
+    """Rotten Tomatoes (the training, dev and test TSVs of 'data2vec2 prepare text'): the probe on
+    mean-pooled frozen features, and fine-tuning with finetune-text's recipe (the dev split is the
+    validation split)."""
+
+    def __init__(self, args):
+        from data2vec2.modalities.text.commands import rotten_tomatoes_files
+        from data2vec2.modalities.text.finetune import read_tsv
+
+        self.tasks = dict(zip(("train", "dev", "test"), map(read_tsv, rotten_tomatoes_files(Path(args.cache)))))
+        if args.quick:
+            self.tasks = {name: type(t)(t.texts[:500], t.labels[:500], t.columns, t.label_column)
+                          for name, t in self.tasks.items()}
+        self.epochs = 1 if args.quick else 3
+        self.splits = None
+
+    def _splits(self, config):
+        from data2vec2.modalities.text.data import load_tokenizer
+        from data2vec2.modalities.text.finetune import Split, encode
+
+        if self.splits is None:  # every run shares the cache's tokenizer
+            tokenizer = load_tokenizer(config.data.tokenizer)
+            index = {c: i for i, c in enumerate(sorted(set(self.tasks["train"].labels)))}
+            self.splits = {name: Split(encode(tokenizer, t.texts, config.model.text.max_positions),
+                                       np.array([index[y] for y in t.labels], dtype=np.int64), name)
+                           for name, t in self.tasks.items()}
+        return self.splits
+
+    def probe(self, encoder, config, test: bool) -> dict:
+        from data2vec2.modalities.text.probe import sentence_features
+
+        splits = self._splits(config)
+        x = {name: sentence_features(encoder, split.ids) for name, split in splits.items()}
+        y = {name: torch.as_tensor(split.y) for name, split in splits.items()}
+        out = {"probe_val": linear_probe(x["train"], y["train"], x["dev"], y["dev"], seed=0).test_accuracy}
+        if test:
+            out["probe_test"] = linear_probe(x["train"], y["train"], x["test"], y["test"], seed=0).test_accuracy
+        return out
+
+    def finetune(self, encoder, config) -> dict:
+        import copy
+
+        from data2vec2.modalities.text.finetune import Recipe, finetune
+
+        splits = self._splits(config)
+        result = finetune(copy.deepcopy(encoder).train(), splits["train"], [splits["dev"], splits["test"]],
+                          num_outputs=2, regression=False, recipe=Recipe(epochs=self.epochs, seed=0), progress=False)
+        return {"finetune_val": result["final"]["dev"]["accuracy"], "finetune_test": result["final"]["test"]["accuracy"]}
+
+
+class AudioTasks:
+    """Keyword spotting (the kws_train / kws_test manifests of 'data2vec2 prepare audio'): the probe
+    on mean-pooled frozen features; words of held-out voices are the test split, and the probe's own
+    held-out tenth of the training clips the validation split. No fine-tuning."""
+
+    def __init__(self, args):
+        from data2vec2.modalities.audio.evaluate import load_clips
+
+        self.train = load_clips(str(Path(args.cache) / "audio" / "kws_train.tsv"))
+        self.test = load_clips(str(Path(args.cache) / "audio" / "kws_test.tsv"))
+        if args.quick:  # every 4th clip: all the words, a quarter of the time
+            self.train, self.test = (type(c)(c.waves[::4], c.labels[::4]) for c in (self.train, self.test))
+
+    def probe(self, encoder, config, test: bool) -> dict:
+        from data2vec2.modalities.audio.kws import evaluate_kws
+
+        result = evaluate_kws({"pretrained": encoder}, self.train, self.test)["pretrained"]
+        return {"probe_val": result["val_accuracy"], **({"probe_test": result["accuracy"]} if test else {})}
+
+    def finetune(self, encoder, config) -> dict:
+        return {}
+
+
+TASKS = {"image": ImageTasks, "text": TextTasks, "audio": AudioTasks}
+
+
+def evaluate(points: list[dict], tasks, test: bool = True, finetune_last: bool = True) -> None:
     for point in points:
         encoder, config = load_encoder_and_config(point["checkpoint"])
-        features = {}
-        for split, source in (("fit", fit_source), ("val", val_source), ("test", test_source))[:3 if test else 2]:
-            features[split] = extract_features(encoder, source, image_size=28, mean=config.data.mean,
-                                               std=config.data.std, progress=False)
-        point["probe_val"] = linear_probe(*features["fit"], *features["val"], seed=0).test_accuracy
-        if test:
-            point["probe_test"] = linear_probe(*features["fit"], *features["test"], seed=0).test_accuracy
-        if finetune_last and point is points[-1] and args.finetune_updates > 0:
-            train = load_images(Subset.sample(fit_source, args.finetune_images, 0), config)
-            evals = {"val": load_images(val_source, config), "test": load_images(test_source, config)}
-            result = finetune(encoder, train, evals, recipe, 10, progress=False)
-            point.update(finetune_val=result["accuracy"]["val"], finetune_test=result["accuracy"]["test"])
+        point.update(tasks.probe(encoder, config, test))
+        if finetune_last and point is points[-1]:
+            point.update(tasks.finetune(encoder, config))
         print(json.dumps({k: v for k, v in point.items() if k != "checkpoint"}), flush=True)
 
 
@@ -158,56 +290,63 @@ def plot(best: dict[str, dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-minutes", type=float, default=20.0, help="pre-training of each objective")
-    parser.add_argument("--tune-minutes", type=float, default=5.0, help="pre-training of each lr of the grid")
-    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
+    parser.add_argument("--modality", default="image", choices=list(PRESETS))
+    parser.add_argument("--budget-minutes", type=float, help="pre-training of each objective (images 20, others 10)")
+    parser.add_argument("--tune-minutes", type=float, help="pre-training of each lr of the grid (images 5, others 3)")
+    parser.add_argument("--objectives", nargs="+", help="some of the modality's (default: all of them)")
     parser.add_argument("--lrs", nargs="+", type=float, help="one grid for every objective (default: LR_GRID)")
-    parser.add_argument("--probe-images", type=int, default=10000, help="training images for the probes")
-    parser.add_argument("--finetune-images", type=int, default=10000)
-    parser.add_argument("--finetune-updates", type=int, default=400, help="batch 64, on the last checkpoint")
+    parser.add_argument("--probe-images", type=int, default=10000, help="images: training images for the probes")
+    parser.add_argument("--finetune-images", type=int, default=10000, help="images: training images for fine-tuning")
+    parser.add_argument("--finetune-updates", type=int, default=400, help="images: batch 64, on the last checkpoint")
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--runs", default="runs/efficiency")
     parser.add_argument("--ablations", nargs="*", choices=list(ABLATIONS),
-                        help="also run these data2vec 2.0 ablations (no names: all of them)")
+                        help="images: also run these data2vec 2.0 ablations (no names: all of them)")
     parser.add_argument("--quick", action="store_true", help="every path in minutes: not for claims")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    modality, objectives = args.modality, OBJECTIVES[args.modality]
+    args.objectives = args.objectives or list(objectives)
+    unknown = sorted(set(args.objectives) - set(objectives))
+    if unknown:
+        parser.error(f"--objectives {unknown}: {modality} has {list(objectives)}")
+    if args.ablations is not None and modality != "image":
+        parser.error("--ablations: images only")
+    budget, tune = MINUTES[modality]
+    args.budget_minutes = args.budget_minutes or budget
+    args.tune_minutes = args.tune_minutes or tune
     if args.quick:
         args.budget_minutes, args.tune_minutes = 0.4, 0.2
         args.probe_images, args.finetune_images, args.finetune_updates = 1000, 1000, 20
     torch.manual_seed(0)
-    source = open_image_source("fashion-mnist:train", Path(args.cache), 1)
-    fit_all, val = split_validation(source, 1000 if args.quick else 5000, seed=0)
-    test = open_image_source("fashion-mnist:test", Path(args.cache), 1)
-    if args.quick:
-        test = Subset.sample(test, 1000, 0)
-    splits = (Subset.sample(fit_all, args.probe_images, 0), val, test)
+    tasks = TASKS[modality](args)
+    grid = args.lrs or LR_GRID[modality]
     folder = Path(args.runs)
     tuning, runs, best = [], [], {}
     for name in args.objectives:
-        grid = args.lrs or LR_GRID[name]
         for lr in grid if len(grid) > 1 else []:
-            run = run_objective(name, lr, args.tune_minutes, args, folder)
-            evaluate(run["points"][-1:], args, splits, test=False, finetune_last=False)
+            run = run_objective(modality, name, lr, args.tune_minutes, args, folder)
+            evaluate(run["points"][-1:], tasks, test=False, finetune_last=False)
             tuning.append(run)
         chosen = max((r for r in tuning if r["objective"] == name), key=lambda r: r["points"][-1]["probe_val"],
                      default={"lr": grid[0]})["lr"]
-        run = run_objective(name, chosen, args.budget_minutes, args, folder)
-        evaluate(run["points"], args, splits)
+        run = run_objective(modality, name, chosen, args.budget_minutes, args, folder)
+        evaluate(run["points"], tasks)
         runs.append(run)
         best[name] = run
     ablations = []
     for label in (list(ABLATIONS) if args.ablations == [] else args.ablations or []):
-        lr = best["data2vec2"]["lr"] if "data2vec2" in best else LR_GRID["data2vec2"][0]
-        run = run_objective("data2vec2", lr, args.budget_minutes, args, folder, extra=ABLATIONS[label])
+        lr = best["data2vec2"]["lr"] if "data2vec2" in best else grid[0]
+        run = run_objective(modality, "data2vec2", lr, args.budget_minutes, args, folder, extra=ABLATIONS[label])
         run["ablation"] = label
-        evaluate(run["points"], args, splits, finetune_last=False)
+        evaluate(run["points"], tasks, finetune_last=False)
         ablations.append(run)
-    result = {"benchmark": "efficiency", "budget_minutes": args.budget_minutes, "quick": args.quick,
-              "probe_images": args.probe_images, "finetune_images": args.finetune_images,
-              "finetune_updates": args.finetune_updates, "tune_minutes": args.tune_minutes,
-              "objectives": {name: OBJECTIVES[name] for name in args.objectives}, "lr_grid": LR_GRID,
+    result = {"benchmark": "efficiency", "modality": modality, "preset": PRESETS[modality],
+              "budget_minutes": args.budget_minutes, "quick": args.quick, "tune_minutes": args.tune_minutes,
+              **({"probe_images": args.probe_images, "finetune_images": args.finetune_images,
+                  "finetune_updates": args.finetune_updates} if modality == "image" else {}),
+              "objectives": {name: objectives[name] for name in args.objectives}, "lr_grid": grid,
               "tuning": tuning, "runs": runs, "ablations": ablations, "chosen_lr": {name: run["lr"] for name, run in best.items()},
               "speedup": speedups(best, "probe_test") if "data2vec2" in best else {},
               "finetune_last": {name: {k: run["points"][-1].get(k) for k in ("finetune_val", "finetune_test")}

@@ -98,8 +98,8 @@ def test_an_export_config_with_an_unknown_key_loads(tmp_path):
 def test_settings_a_modality_would_ignore_are_rejected():
     with pytest.raises(ConfigError, match="random masking uses neither masking.mask_length"):
         data2vec2.load_config("text-tiny", ["masking.mask_length=5"])
-    with pytest.raises(ConfigError, match="masking.kind: text uses random masking"):
-        data2vec2.load_config("text-tiny", ["masking.kind=block", "masking.mask_length=5"])
+    with pytest.raises(ConfigError, match="masking.kind: text masks random tokens or spans"):
+        data2vec2.load_config("text-tiny", ["masking.kind=inverse_block", "masking.mask_length=5"])
     with pytest.raises(ConfigError, match="masking.kind: audio masks frames with 'block'"):
         data2vec2.load_config("audio-tiny", ["masking.kind=inverse_block"])
     with pytest.raises(ConfigError, match="loss.cls_weight: must be 0"):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL
+from conftest import SMALL, SMALL_TEXT
 
 import data2vec2
 from data2vec2.errors import ConfigError
@@ -98,6 +98,13 @@ def test_data2vec1_loss_by_hand():
     names = dict(model.student.named_parameters())
     assert names["mask_embedding"].shape == (D,) and names["head.weight"].shape == (D, D)
     assert not any(n.startswith("decoder") for n in names)
+
+
+def test_data2vec1_text_head_has_the_two_layers_of_v1_text():
+    config = data2vec2.load_config("text-tiny", SMALL_TEXT + DATA2VEC1)  # text-tiny: decoder.projection_layers=2
+    head, D = data2vec2.build_model(config).student.head, config.model.embed_dim
+    assert [tuple(m.weight.shape) for m in head if isinstance(m, torch.nn.Linear)] == [(2 * D, D), (D, 2 * D)]
+    assert isinstance(head[1], torch.nn.GELU)
 
 
 def test_mlm_corruption_follows_80_10_10():

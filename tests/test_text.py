@@ -89,6 +89,16 @@ def test_random_masks_have_exact_counts_and_never_select_padding():
     assert len({r.tobytes() for r in full}) == 8  # independent masks per clone
 
 
+def test_span_masks_have_exact_counts_spans_and_never_select_padding():
+    rngs = [np.random.default_rng([0, 0, i, 1]) for i in range(3)]
+    masks = text_masks(2, [64, 40, 64], 64, 0.35, rngs, kind="block", span=4)  # data2vec 1.0 text: 35 %, spans of 4
+    assert masks.shape == (6, 64)
+    assert (masks.sum(1) == int(40 * 0.35)).all()  # the shortest sample sets the count (floor, as block masking)
+    assert not masks[2:4, 40:].any()
+    runs = [len(r) for row in masks for r in "".join("x" if v else " " for v in row).split()]
+    assert np.mean(runs) >= 2.5  # spans, not scattered tokens (random masking of 35 % gives about 1.5)
+
+
 def test_collate_pads_seeds_and_masks():
     collate = TextMaskingCollate(load_config("text-tiny").masking, seed=3)
     samples = [{"index": 5, "inputs": torch.arange(4, 20)}, {"index": 9, "inputs": torch.arange(4, 14)}]
@@ -195,6 +205,14 @@ def test_transformers_round_trip(real_text, tokenizer_file, tmp_path, capsys):
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     assert main(["probe", str(tmp_path / "hf")]) == 2  # one loader: a clear error, not a KeyError
     assert "holds a model of modality 'text'; this command takes image" in capsys.readouterr().err
+    rows = ["sentence\tlabel"] + [f"{w} computer {w}\t{int(w == 'good')}" for w in ["good", "bad"] * 10]
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    assert main(["probe-text", str(tmp_path / "hf"), "--train", str(tmp_path / "train.tsv"), "--dev",
+                 str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "probe.json")]) == 0  # the export's tokenizer
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert probe["pretrained"]["dev"] == 1.0 and probe["random_init"]["num_train"] == 20
+    capsys.readouterr()
     ours = load_encoder(tmp_path / "hf")
     hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
     assert type(hf).__name__ == "RobertaModel"
@@ -228,6 +246,28 @@ def test_finetune_reports_pretrained_and_random(real_text, tokenizer_file, tmp_p
         assert set(final) == {"accuracy", "f1", "mcc"} and 0 <= final["accuracy"] <= 1
     assert result["pretrained"]["updates"] == 50 and len(result["random_init"]["history"]) == 10
     assert result["pretrained"]["final"]["dev"]["accuracy"] > 0.9  # a trivially separable task
+
+
+def test_frozen_probe_pools_over_tokens_and_separates_a_simple_task(real_text, tokenizer_file, tmp_path):
+    from data2vec2.modalities.text.finetune import encode
+    from data2vec2.modalities.text.probe import probe_task, sentence_features
+
+    config = small_config(real_text, tokenizer_file, tmp_path)
+    encoder = build_encoder(config.model, MODALITIES["text"])
+    ids = encode(load_tokenizer(tokenizer_file), [("a short one",), ("a much longer sentence about computers",)], 32)
+    together = sentence_features(encoder, ids)
+    alone = torch.cat([sentence_features(encoder, [i]) for i in ids])
+    assert together.shape == (2, config.model.embed_dim)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)  # padding never enters the mean
+    rows = ["sentence\tlabel"] + [f"{w} computer {w}\t{int(w == 'good')}" for w in ["good", "bad"] * 20]
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    result = probe_task(encoder, config, tmp_path / "train.tsv", tmp_path / "dev.tsv")
+    assert result["classes"] == 2 and result["num_train"] == 40 and "test" not in result
+    assert result["dev"] == 1.0  # two distinct sentences: even random features separate them
+    (tmp_path / "odd.tsv").write_text("sentence\tlabel\nfine\t7\n")
+    with pytest.raises(DataError, match="labels \\['7'\\] do not occur"):
+        probe_task(encoder, config, tmp_path / "train.tsv", tmp_path / "odd.tsv")
 
 
 def test_unknown_task_column_is_a_clear_error(tmp_path):

@@ -10,7 +10,7 @@ record's `add_commands`).
     data2vec2 benchmark PRESET [--precision fp32 bf16]     speed of training updates: step time, MFU
     data2vec2 probe | knn | embed RUN_OR_EXPORT ...        image evaluations
     data2vec2 finetune-ctc | kws RUN_OR_EXPORT ...         audio evaluations, pre-trained vs random init
-    data2vec2 tokenizer ... | finetune-text RUN_OR_EXPORT  text: BPE training, classification
+    data2vec2 tokenizer ... | finetune-text | probe-text RUN_OR_EXPORT  text: BPE, classification, probe
 """
 
 from __future__ import annotations

@@ -68,11 +68,13 @@ def block_mask_1d(
     block: int,
     adjust: float,
     rng: np.random.Generator,
+    count: int | None = None,
 ) -> np.ndarray:
     """Block masking on a sequence (`compute_block_mask_1d`): floor(T (R + A) / b) centres with replacement, each
-    marking b frames around it (clamped), then exactly floor(T R) masked. Returns (num_masks, T)."""
+    marking b frames around it (clamped), then exactly floor(T R) masked, or `count` when given.
+    Returns (num_masks, T)."""
     num_centres = int(length * (mask_prob + adjust) / block)
-    target = num_masked("block", length, mask_prob)
+    target = num_masked("block", length, mask_prob) if count is None else count
     offsets = np.arange(block) - block // 2
     masks = np.zeros((num_masks, length), dtype=bool)
     for row in range(num_masks):

@@ -28,6 +28,16 @@ def _conv_stage(conv: nn.Module, channels: int) -> nn.Sequential:
     return nn.Sequential(conv, ChannelLayerNorm(channels), nn.GELU())
 
 
+def projection(dim: int, out_dim: int, layers: int) -> nn.Module:
+    """1 layer: Linear(dim -> out_dim); 2: Linear(dim -> 2 dim) -> GELU -> Linear(2 dim -> out_dim)
+    (the reference's text decoder projection and data2vec 1.0's text regression head)."""
+    if layers == 1:
+        return nn.Linear(dim, out_dim)
+    if layers == 2:
+        return nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, out_dim))
+    raise ValueError(f"projection layers must be 1 or 2, got {layers}")
+
+
 class Decoder1d(nn.Module):
     """Speech and text decoder over the time axis: (N, T, D) -> (N, T, out_dim) (the reference's `Decoder1d`).
 
@@ -42,12 +52,7 @@ class Decoder1d(nn.Module):
             _conv_stage(nn.Conv1d(in_dim if i == 0 else dim, dim, kernel_size, padding=kernel_size // 2,
                                   groups=groups), dim)
             for i in range(layers))
-        if projection_layers == 1:
-            self.proj = nn.Linear(dim, out_dim)
-        elif projection_layers == 2:
-            self.proj = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, out_dim))
-        else:
-            raise ValueError(f"projection_layers must be 1 or 2, got {projection_layers}")
+        self.proj = projection(dim, out_dim, projection_layers)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.transpose(1, 2)  # (N, D, T)

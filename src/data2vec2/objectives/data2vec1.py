@@ -5,18 +5,21 @@ What differs from data2vec 2.0 (the paper's section 2 lists it):
 
     student : the WHOLE sequence is encoded; masked tokens are replaced by one learned mask
               embedding (no token dropping); M = 1 mask per sample in the reference
-    head    : a Linear(D, D) regression head (`final_proj`) instead of the conv decoder
+    head    : a regression head (`final_proj` / `regression_head`) instead of the conv decoder:
+              Linear(D, D), or with decoder.projection_layers=2 Linear(D, 2D) -> GELU -> Linear(2D, D)
+              (v1 text's head_layers=2)
     targets : the EMA teacher on the unmasked sample, the average of its top-K blocks' FFN outputs,
               each normalised (targets.layer_norm), then targets.final_norm: the same code
     loss    : L2 or smooth L1 (loss.beta) x loss.scale over the masked tokens; no CLS term
 
 The reference's settings per modality, for the config (`objective=data2vec1` plus these):
-speech targets.top_k=8 layer_norm=instance final_norm=none, L2, EMA 0.999 -> 0.9999;
-text top_k=10 layer_norm=layer final_norm=none, loss.beta=4 loss.scale=1, EMA 0.999 -> 0.9999;
-images (BEiT backbone there) top_k=6 layer_norm=none final_norm=layer, loss.beta=2.
-Two simplifications, named in docs/efficiency.md: the image targets are FFN outputs (the v1
-vision code averages whole block outputs), and text masks its embeddings with the learned vector
-(v1 text corrupts token ids, 80/10/10, as RoBERTa).
+speech spans of 10 (mask_prob 0.65 nominal, about half the frames after overlaps), targets.top_k=8
+layer_norm=instance final_norm=none, L2, EMA 0.999 -> 0.9999; text spans of 4 tokens covering
+35 %, every chosen token replaced by <mask> (no random or kept tokens), top_k=10 layer_norm=layer
+final_norm=none, loss.beta=4 loss.scale=1, a 2-layer head, EMA 0.999 -> 0.9999; images (BEiT
+backbone there) top_k=6 layer_norm=none final_norm=layer, loss.beta=2. One simplification, named
+in docs/efficiency.md: the image targets are FFN outputs (the v1 vision code averages whole block
+outputs).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..config import Config
 from ..encoder import Encoder
 from ..errors import ConfigError
 from ..model import Data2Vec2, StudentOutput
+from ..nn.decoders import projection
 
 
 class Data2Vec1Student(nn.Module):
@@ -40,7 +44,7 @@ class Data2Vec1Student(nn.Module):
         self.num_masks = config.masking.num_masks
         self.mask_embedding = nn.Parameter(torch.empty(D))
         nn.init.trunc_normal_(self.mask_embedding, std=0.02)  # the reference's mask_emb init
-        self.head = nn.Linear(D, D)  # final_proj
+        self.head = projection(D, D, config.decoder.projection_layers)  # final_proj / regression_head
 
     def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor) -> StudentOutput:
         """inputs: (B, ...); mask: (B*M, T) bool, True = masked; noise_seeds: unused (no noise)."""

@@ -1,5 +1,5 @@
-"""Text: byte-level BPE tokens, RoBERTa-layout embeddings, random masking that never selects
-padding; sentence classification and the `transformers` export; an offline English corpus."""
+"""Text: byte-level BPE tokens, RoBERTa-layout embeddings, random (or span) masking that never
+selects padding; sentence classification and the `transformers` export; an offline English corpus."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def check_config(config) -> list[tuple[bool, str, str]]:
         (settings.vocab_size > 4, "model.text.vocab_size", "must exceed the 4 special tokens"),
         (settings.max_positions >= 2, "model.text.max_positions", "must be >= 2 (<s> and a token)"),
         (model.prenet_depth == 0, "model.prenet_depth", "must be 0: the text context encoder is empty"),
-        (config.masking.kind == "random", "masking.kind",
-         f"text uses random masking (over non-padding tokens), not {config.masking.kind!r}"),
+        (config.masking.kind in ("random", "block"), "masking.kind",
+         f"text masks random tokens or spans (block) of non-padding tokens, not {config.masking.kind!r}"),
         (config.loss.cls_weight == 0, "loss.cls_weight", "must be 0: the text encoder has no extra CLS token"),
         (config.data.documents in ("paragraph", "file"), "data.documents", "must be paragraph or file"),
     ]

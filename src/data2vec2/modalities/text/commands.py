@@ -1,4 +1,4 @@
-"""The text commands: `prepare text`, `tokenizer`, `finetune-text`."""
+"""The text commands: `prepare text`, `tokenizer`, `finetune-text`, `probe-text`."""
 
 from __future__ import annotations
 
@@ -42,16 +42,20 @@ def rotten_tomatoes_files(cache: Path) -> tuple[str, str, str]:
     return train, dev, test
 
 
+def task_files(args, config) -> tuple[str, str, str | None]:
+    """The train, dev and (optional) test TSVs of --task rotten-tomatoes or of --train/--dev/--test."""
+    if args.task == "rotten-tomatoes":
+        return rotten_tomatoes_files(Path(args.cache or config.data.cache_dir))
+    if not (args.train and args.dev):
+        raise Data2Vec2Error("give --task rotten-tomatoes, or --train and --dev TSV files (GLUE format)")
+    return args.train, args.dev, args.test
+
+
 def cmd_finetune_text(args, modality) -> None:
     from .finetune import Recipe, finetune_compare
 
     encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
-    if args.task == "rotten-tomatoes":
-        train, dev, test = rotten_tomatoes_files(Path(args.cache or config.data.cache_dir))
-    else:
-        if not (args.train and args.dev):
-            raise Data2Vec2Error("give --task rotten-tomatoes, or --train and --dev TSV files (GLUE format)")
-        train, dev, test = args.train, args.dev, args.test
+    train, dev, test = task_files(args, config)
     recipe = Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                     seed=args.seed, threads=args.threads)
     columns = tuple(args.text_columns.split(",")) if args.text_columns else None
@@ -61,6 +65,35 @@ def cmd_finetune_text(args, modality) -> None:
                               progress=not args.no_progress)
     result["model"] = str(args.model)
     write_result(args.out, result)
+
+
+def cmd_probe_text(args, modality) -> None:
+    from .probe import probe_task
+
+    encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
+    train, dev, test = task_files(args, config)
+    columns = tuple(args.text_columns.split(",")) if args.text_columns else None
+    encoders = {"pretrained": encoder}
+    if not args.no_baseline:
+        encoders["random_init"] = random_encoder(config.model, modality, seed=args.seed)
+    result = {"model": str(args.model), "task": {"train": train, "dev": dev, "test": test}}
+    for name, enc in encoders.items():
+        result[name] = probe_task(enc, config, train, dev, test, text_columns=columns,
+                                  label_column=args.label_column, seed=args.seed)
+    write_result(args.out, result)
+
+
+def add_task_options(p) -> None:
+    p.add_argument("model", help="a text run folder, checkpoint file or transformers export folder")
+    p.add_argument("--task", choices=["rotten-tomatoes", "tsv"], default="tsv")
+    p.add_argument("--train", help="GLUE-format TSV with a header row")
+    p.add_argument("--dev")
+    p.add_argument("--test")
+    p.add_argument("--text-columns", help="comma-separated, e.g. sentence1,sentence2 (default: GLUE names)")
+    p.add_argument("--label-column", help="default: label or gold_label")
+    p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised encoder")
+    p.add_argument("--cache", help="the data cache holding text/rotten_tomatoes (default: the run's)")
+    add_comparison_options(p)
 
 
 def add_commands(sub, prepare, modality) -> None:
@@ -79,20 +112,15 @@ def add_commands(sub, prepare, modality) -> None:
     p.set_defaults(func=cmd_tokenizer, modality=modality)
 
     p = sub.add_parser("finetune-text", help="sentence(-pair) classification: pre-trained vs random init")
-    p.add_argument("model", help="a text run folder, checkpoint file or transformers export folder")
-    p.add_argument("--task", choices=["rotten-tomatoes", "tsv"], default="tsv")
-    p.add_argument("--train", help="GLUE-format TSV with a header row")
-    p.add_argument("--dev")
-    p.add_argument("--test")
-    p.add_argument("--text-columns", help="comma-separated, e.g. sentence1,sentence2 (default: GLUE names)")
-    p.add_argument("--label-column", help="default: label or gold_label")
+    add_task_options(p)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised encoder")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--cache", help="the data cache holding text/rotten_tomatoes (default: the run's)")
-    add_comparison_options(p)
     p.set_defaults(func=cmd_finetune_text, modality=modality)
+
+    p = sub.add_parser("probe-text", help="a linear probe on frozen sentence features: pre-trained vs random init")
+    add_task_options(p)
+    p.set_defaults(func=cmd_probe_text, modality=modality)

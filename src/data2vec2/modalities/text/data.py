@@ -27,7 +27,7 @@ from ...config import Config
 from ...data.collate import MaskingCollate, Stream
 from ...errors import ConfigError, DataError
 from ...export import write_json
-from ...masking import num_masked
+from ...masking import block_mask_1d, num_masked
 from ...modality import PretrainingData
 from .encoder import BOS, EOS, PAD, SPECIAL_TOKENS, step_flops
 
@@ -290,15 +290,20 @@ class TokenBlocks(torch.utils.data.Dataset):
 
 
 def text_masks(num_masks: int, valid_lengths: list[int], length: int, mask_prob: float,
-               rngs: list[np.random.Generator]) -> np.ndarray:
-    """Random (MAE-style) masks for a batch, (B*M, length) bool, rows b*M .. b*M+M-1 for sample b.
+               rngs: list[np.random.Generator], kind: str = "random", span: int = 1, adjust: float = 0.0) -> np.ndarray:
+    """Masks for a batch, (B*M, length) bool, rows b*M .. b*M+M-1 for sample b: "random" (MAE-style,
+    data2vec 2.0's) or "block", spans of `span` tokens (data2vec 1.0 text's mask_multiple_length).
 
     Only the first `valid_lengths[b]` positions of sample b may be masked: padding never enters
     the loss (a deliberate fix; the reference's `random_masking` masks padding too). Every row masks
     the same count, that of the shortest sample."""
-    count = num_masked("random", min(valid_lengths), mask_prob)
+    count = num_masked(kind, min(valid_lengths), mask_prob)
     masks = np.zeros((len(valid_lengths) * num_masks, length), dtype=bool)
     for b, (valid, rng) in enumerate(zip(valid_lengths, rngs)):
+        rows = slice(b * num_masks, (b + 1) * num_masks)
+        if kind == "block":
+            masks[rows, :valid] = block_mask_1d(num_masks, valid, mask_prob, span, adjust, rng, count=count)
+            continue
         for m in range(num_masks):
             masks[b * num_masks + m, rng.permutation(valid)[:count]] = True
     return masks
@@ -315,7 +320,8 @@ class TextMaskingCollate(MaskingCollate):
             tokens[b, :len(s["inputs"])] = s["inputs"]
         valid = [int((tokens[b] != PAD).sum()) for b in range(len(items))]
         rngs = [self.rng(s["index"], Stream.MASK) for s in items]
-        masks = text_masks(self.masking.num_masks, valid, T, self.masking.mask_prob, rngs)  # (B*M, T)
+        m = self.masking
+        masks = text_masks(m.num_masks, valid, T, m.mask_prob, rngs, m.kind, m.mask_length, m.mask_prob_adjust)  # (B*M, T)
         return tokens, list(masks.reshape(len(items), self.masking.num_masks, T))
 
 

@@ -84,7 +84,7 @@ def step_flops(config, batch: int, length: int) -> float:
     counted). The embedding lookups are free."""
     model, decoder = config.model, config.decoder
     M, D = config.masking.num_masks, model.embed_dim
-    num_keep = length - num_masked("random", length, config.masking.mask_prob)
+    num_keep = length - num_masked(config.masking.kind, length, config.masking.mask_prob)
     student = blocks_forward_flops(batch * M, num_keep, D, model.mlp_ratio, model.depth)
     teacher = blocks_forward_flops(batch, length, D, model.mlp_ratio, model.depth)
     decoder_flops = 0.0
