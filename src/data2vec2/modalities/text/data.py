@@ -290,7 +290,8 @@ class TokenBlocks(torch.utils.data.Dataset):
 
 
 def text_masks(num_masks: int, valid_lengths: list[int], length: int, mask_prob: float,
-               rngs: list[np.random.Generator], kind: str = "random", span: int = 1, adjust: float = 0.0) -> np.ndarray:
+               rngs: list[np.random.Generator], kind: str = "random", span: int = 1,
+               adjust: float = 0.0) -> np.ndarray:
     """Masks for a batch, (B*M, length) bool, rows b*M .. b*M+M-1 for sample b: "random" (MAE-style,
     data2vec 2.0's) or "block", spans of `span` tokens (data2vec 1.0 text's mask_multiple_length).
 
@@ -320,9 +321,10 @@ class TextMaskingCollate(MaskingCollate):
             tokens[b, :len(s["inputs"])] = s["inputs"]
         valid = [int((tokens[b] != PAD).sum()) for b in range(len(items))]
         rngs = [self.rng(s["index"], Stream.MASK) for s in items]
-        m = self.masking
-        masks = text_masks(m.num_masks, valid, T, m.mask_prob, rngs, m.kind, m.mask_length, m.mask_prob_adjust)  # (B*M, T)
-        return tokens, list(masks.reshape(len(items), self.masking.num_masks, T))
+        masking = self.masking
+        masks = text_masks(masking.num_masks, valid, T, masking.mask_prob, rngs, masking.kind, masking.mask_length,
+                           masking.mask_prob_adjust)  # (B*M, T)
+        return tokens, list(masks.reshape(len(items), masking.num_masks, T))
 
 
 def prepare_token_cache(config: Config, progress: bool = True) -> tuple[Path, Path]:

@@ -79,6 +79,18 @@ def read_tsv(path: str | Path, text_columns: tuple[str, ...] | None = None, labe
     return TsvTask(texts, labels, tuple(text_columns), label_column)
 
 
+def class_index(train: TsvTask, others: dict[str, TsvTask]) -> dict[str, int]:
+    """Each class of the training file -> its index (sorted); a label of another split that the
+    training file lacks is a DataError."""
+    classes = sorted(set(train.labels))
+    index = {c: i for i, c in enumerate(classes)}
+    for name, task in others.items():
+        unknown = sorted(set(task.labels) - set(index))
+        if unknown:
+            raise DataError(f"{name} labels {unknown[:5]} do not occur in the training file (labels {classes[:10]})")
+    return index
+
+
 def _is_regression(labels: list[str]) -> bool:
     try:
         values = [float(x) for x in labels]
@@ -244,11 +256,7 @@ def finetune_compare(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv
         to_y = lambda labels: np.array([float(x) for x in labels], dtype=np.float32)  # noqa: E731
         num_outputs = 1
     else:
-        index = {c: i for i, c in enumerate(classes)}
-        for name, t in tasks.items():
-            unknown = sorted(set(t.labels) - set(index))
-            if unknown:
-                raise DataError(f"{name} labels {unknown[:5]} do not occur in the training file (labels {classes[:10]})")
+        index = class_index(train, tasks)
         to_y = lambda labels: np.array([index[x] for x in labels], dtype=np.int64)  # noqa: E731
         num_outputs = len(classes)
     train_split = Split(encode(tok, train.texts, max_len), to_y(train.labels), "train")

@@ -11,7 +11,7 @@ from ...config import Config
 from ...errors import DataError
 from ...eval.probe import linear_probe
 from .data import load_tokenizer
-from .finetune import encode, pad_batch, read_tsv
+from .finetune import class_index, encode, pad_batch, read_tsv
 
 
 @torch.no_grad()
@@ -33,21 +33,17 @@ def probe_task(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv: str,
         raise DataError("the model has no tokenizer (config data.tokenizer)")
     tokenizer = load_tokenizer(config.data.tokenizer)
     train = read_tsv(train_tsv, text_columns, label_column)
-    classes = sorted(set(train.labels))
-    index = {c: i for i, c in enumerate(classes)}
+    tasks = {name: read_tsv(path, train.columns, train.label_column)
+             for name, path in (("dev", dev_tsv), ("test", test_tsv)) if path}
+    index = class_index(train, tasks)
     max_length = config.model.text.max_positions
 
-    def split(task, path) -> tuple[Tensor, Tensor]:
-        unknown = sorted(set(task.labels) - set(index))
-        if unknown:
-            raise DataError(f"{path}: labels {unknown[:5]} do not occur in the training file (labels {classes[:10]})")
+    def features_and_labels(task) -> tuple[Tensor, Tensor]:
         x = sentence_features(encoder, encode(tokenizer, task.texts, max_length))
         return x, torch.tensor([index[label] for label in task.labels])
 
-    train_x, train_y = split(train, train_tsv)
-    out = {"classes": len(classes), "num_train": len(train_y)}
-    for name, path in (("dev", dev_tsv), ("test", test_tsv)):
-        if path:
-            x, y = split(read_tsv(path, train.columns, train.label_column), path)
-            out[name] = linear_probe(train_x, train_y, x, y, seed=seed).test_accuracy
+    train_x, train_y = features_and_labels(train)
+    out = {"classes": len(index), "num_train": len(train_y)}
+    for name, task in tasks.items():
+        out[name] = linear_probe(train_x, train_y, *features_and_labels(task), seed=seed).test_accuracy
     return out
