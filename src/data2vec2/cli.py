@@ -7,6 +7,7 @@ record's `add_commands`).
     data2vec2 pretrain image-tiny --run-dir runs/x [k=v ...]  pre-train (auto-resumes)
     torchrun --nproc_per_node=N -m data2vec2 pretrain ...  the same on N processes (DDP)
     data2vec2 export RUN --out DIR                         the encoder in its modality's export format
+    data2vec2 import-fairseq CKPT --out DIR [--run-dir RUN]   a reference checkpoint: export / continue
     data2vec2 benchmark PRESET [--precision fp32 bf16]     speed of training updates: step time, MFU
     data2vec2 probe | knn | embed RUN_OR_EXPORT ...        image evaluations
     data2vec2 finetune-ctc | kws RUN_OR_EXPORT ...         audio evaluations, pre-trained vs random init
@@ -57,6 +58,43 @@ def cmd_export(args) -> None:
     encoder, config = load_encoder_and_config(args.run)
     out = MODALITIES[config.model.modality].export(encoder, config, Path(args.out))
     print(f"exported the {config.model.modality} encoder to {out} (load it with data2vec2.load_encoder('{out}'))")
+
+
+def cmd_import_fairseq(args) -> None:
+    import copy
+
+    from .export import check_out, write_encoder
+    from .fairseq_import import encoder_state, import_fairseq, write_run
+    from .modalities import MODALITIES
+
+    if not args.out and not args.run_dir:
+        raise ConfigError("import-fairseq: give --out (an encoder export), --run-dir (a run to continue) or both")
+    if args.out:
+        check_out(Path(args.out), args.overwrite, folder=True)
+    if args.run_dir:
+        check_out(Path(args.run_dir), args.overwrite, folder=True)
+    overrides = [f"data.tokenizer={args.tokenizer}"] if args.tokenizer else []
+    imported = import_fairseq(args.checkpoint, MODALITIES, overrides + list(args.overrides), args.allow_unused)
+    print(imported.report())
+    config = imported.config
+    if args.out:
+        encoder = copy.deepcopy(imported.model.encoder)
+        encoder.load_state_dict(encoder_state(imported.model, args.weights))
+        record = MODALITIES[config.model.modality]
+        if config.model.modality == "text" and not args.tokenizer:
+            out = write_encoder(encoder, config, Path(args.out))  # the transformers folder needs the tokenizer
+            print("no --tokenizer: written in our format (data2vec2.load_encoder reads it); give the tokenizer "
+                  "(a tokenizers JSON with the checkpoint's token ids) for a transformers RoBERTa folder")
+        else:
+            out = record.export(encoder, config, Path(args.out))
+        print(f"exported the {args.weights}'s encoder to {out} (load it with data2vec2.load_encoder('{out}'))")
+    if args.run_dir:
+        config_file = write_run(imported, Path(args.run_dir), str(args.checkpoint))
+        print(f"wrote {config_file}; continue pre-training on your data with\n"
+              f"  data2vec2 pretrain {config_file} --run-dir {args.run_dir} data.train=...\n"
+              f"(a fresh optimizer and learning-rate schedule, warmup included; the EMA starts from the "
+              f"imported teacher; the batch and schedule are those of our {config.model.modality}-base preset: "
+              f"override train.* and optim.* to suit)")
 
 
 def cmd_benchmark(args) -> None:
@@ -111,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing export in --out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-fairseq", help="read a data2vec 2.0 checkpoint of the reference (fairseq) without "
+                                             "fairseq and without running code from the file")
+    p.add_argument("checkpoint", help="a fairseq data2vec 2.0 pre-training checkpoint (.pt) of any modality")
+    p.add_argument("--out", help="write the encoder here (the modality's export format)")
+    p.add_argument("--weights", choices=("teacher", "student"), default="teacher",
+                   help="which encoder --out exports (default: the EMA teacher)")
+    p.add_argument("--run-dir", help="write a run folder that `data2vec2 pretrain` continues from")
+    p.add_argument("--tokenizer", help="text: the tokenizers JSON whose ids the checkpoint uses (RoBERTa's "
+                                       "GPT-2 BPE); needed for a transformers export and to continue pre-training")
+    p.add_argument("--allow-unused", action="store_true",
+                   help="import even when the file holds tensors that are not mapped (they are listed)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing --out or --run-dir")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="settings of the continued run, e.g. data.train=my_images train.batch_size=64")
+    p.set_defaults(func=cmd_import_fairseq)
 
     p = sub.add_parser("benchmark", help="time full training updates of a preset on random inputs: "
                                          "step time, samples/s, FLOP/s, MFU, peak memory (one JSON line each)")

@@ -179,6 +179,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # step checkpoints kept besides `last`
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU compute threads per process; 0: OMP_NUM_THREADS if set, else the free cores
+    # a file of student and teacher weights to start from (`data2vec2 import-fairseq --run-dir` writes
+    # one) with a fresh optimizer and schedule; used only while the run folder has no checkpoint
+    init_from: str = ""
 
 
 OBJECTIVES = ("data2vec2", "data2vec1", "mae", "mlm")
@@ -245,6 +248,8 @@ class Config:
             (train.threads >= 0, "train.threads", "must be >= 0 (0: the free cores)"),
             (train.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16"),
             (train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda"),
+            (not train.init_from or self.objective == "data2vec2", "train.init_from",
+             "holds a data2vec 2.0 student and teacher: only for objective=data2vec2"),
             (data.on_bad_file in ("skip", "stop"), "data.on_bad_file", "must be skip or stop"),
             (data.num_workers >= 0, "data.num_workers", "must be >= 0"),
             (data.limit >= 0, "data.limit", "must be >= 0 (0: all)"),

@@ -76,6 +76,7 @@ class LocalEncoder(nn.Module):
     has_cls = False  # pool="cls" is meaningful: x[:, 0] summarises the sample
     default_pool = "mean"
     normalize_context = True  # the context encoder starts with a LayerNorm (text has none)
+    variable_length = False  # inputs of one model differ in length (a waveform, a text), not only in batch
     # submodules the EMA teacher shares with the student (it gets the student's local features,
     # detached) unless `ema_local_encoder`; a modality sets both
     shareable: tuple[str, ...] = ()

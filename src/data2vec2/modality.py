@@ -52,3 +52,6 @@ class Modality:
     read_export: Callable[[Path, dict], tuple[dict, dict]] | None
     # (argparse sub-parsers, this record) -> None: the modality's own commands (prepare, evaluations)
     add_commands: Callable[[Any, "Modality"], None]
+    # the reference's parameter names and settings, for `data2vec2 import-fairseq`
+    # (fairseq_import.FairseqLayout; None: not importable)
+    fairseq: Any = None

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,11 +34,24 @@ class DropPath(nn.Module):
 # threads); from about 100 tokens on the fused kernel is faster and never holds the (N, N) scores:
 # benchmarks/attention_paths.py, docs/results/attention_paths.json.
 CPU_EXPLICIT_ATTENTION_MAX_TOKENS = 64
+_fused_only = False
+
+
+@contextlib.contextmanager
+def fused_attention_only():
+    """Within: always the fused kernel, whatever the length (an export traced with a symbolic
+    length must not branch on it). Both paths compute the same attention."""
+    global _fused_only
+    previous, _fused_only = _fused_only, True
+    try:
+        yield
+    finally:
+        _fused_only = previous
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v with dropout on the weights; q, k, v: (B, H, N, d)."""
-    if q.device.type == "cpu" and k.shape[-2] <= CPU_EXPLICIT_ATTENTION_MAX_TOKENS:
+    if not _fused_only and q.device.type == "cpu" and k.shape[-2] <= CPU_EXPLICIT_ATTENTION_MAX_TOKENS:
         scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, N, N)
         if mask is not None:
             scores = scores + mask
@@ -73,7 +88,10 @@ class Attention(nn.Module):
             if mask is not None:
                 mask = mask.to(q.dtype)
             out = attend(q, k, v, mask, dropout_p)
-        out = out.transpose(1, 2).reshape(B, N, D)
+        out = out.transpose(1, 2)  # (B, N, H, D/H)
+        if _fused_only:  # an export with a symbolic length: a plain copy, which the exporter can view
+            out = out.clone(memory_format=torch.contiguous_format)
+        out = out.reshape(B, N, D)
         return self.dropout(self.proj(out))
 
 

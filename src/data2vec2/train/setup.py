@@ -18,11 +18,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, config_to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..model import Data2Vec2
 from ..objectives import build_model
 from . import distributed
-from .checkpoint import with_current_names
+from .checkpoint import load_checkpoint, non_finite, with_current_names
 from .optim import apply_optim_config, build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
@@ -178,6 +178,8 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
         rng = state["rng"]
         torch.set_rng_state(rng[info.rank % len(rng)])
     else:
+        if train.init_from:
+            load_initial_weights(model, Path(train.init_from), info.is_main)
         torch.manual_seed(train.seed + info.rank)
     student = model.student
     if train.compile:
@@ -187,6 +189,31 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     model.train()
     return Training(config=config, model=model, student=student, optimizer=optimizer, scheduler=scheduler,
                     device=device, dtype=pick_dtype(train.precision, device), dist=info)
+
+
+def load_initial_weights(model: Data2Vec2, path: Path, report: bool) -> None:
+    """Student (encoder + decoder) and teacher from `train.init_from`, every tensor name and shape
+    checked against the config's model."""
+    try:
+        state = load_checkpoint(path)
+    except TrainingError as e:
+        raise ConfigError(f"train.init_from: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), dict) for k in ("student", "teacher")):
+        raise ConfigError(f"train.init_from: {path} holds no student and teacher weights")
+    for part, module in (("student", model.student), ("teacher", model.teacher)):
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        given = {k: tuple(v.shape) for k, v in state[part].items()}
+        if expected != given:
+            diff = sorted(set(expected.items()) ^ set(given.items()))[:4]
+            raise ConfigError(f"train.init_from: the {part} in {path} does not fit this config's model "
+                              f"(first differences: {diff})")
+        bad = non_finite(state[part])
+        if bad:
+            raise ConfigError(f"train.init_from: {part} tensor {bad[0]} in {path} is not finite")
+        module.load_state_dict(state[part])
+    if report:
+        print(f"[data2vec2] starting from the student and teacher in {path}; the optimizer and the learning-rate "
+              f"schedule start afresh (warmup included), the EMA from that teacher", flush=True)
 
 
 def _report_optim_changes(saved: dict, config: Config, step: int) -> None:

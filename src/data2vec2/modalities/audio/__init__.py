@@ -8,6 +8,7 @@ from ...modality import Modality
 from .commands import add_commands
 from .data import AudioDataSettings, pretraining_data, synthetic_batch
 from .encoder import AudioLocalEncoder, AudioSettings, build_decoder, step_flops
+from .fairseq import FAIRSEQ
 
 
 def check_config(config) -> list[tuple[bool, str, str]]:
@@ -41,4 +42,5 @@ AUDIO = Modality(
     export=write_encoder,  # our format; an audio encoder needs no data keys to be fed
     read_export=None,
     add_commands=add_commands,
+    fairseq=FAIRSEQ,
 )

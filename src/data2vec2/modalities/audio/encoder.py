@@ -140,6 +140,7 @@ class AudioLocalEncoder(LocalEncoder):
     convolution and the ALiBi scales."""
 
     shareable = ("feature_extractor", "project_features")
+    variable_length = True
 
     def __init__(self, model_config):
         super().__init__()

@@ -8,6 +8,7 @@ from ...modality import Modality
 from .commands import add_commands
 from .data import ImageDataSettings, pretraining_data, synthetic_batch
 from .encoder import ImageLocalEncoder, ImageSettings, build_decoder, step_flops
+from .fairseq import FAIRSEQ
 
 
 def check_config(config) -> list[tuple[bool, str, str]]:
@@ -46,4 +47,5 @@ IMAGE = Modality(
     export=export,
     read_export=None,
     add_commands=add_commands,
+    fairseq=FAIRSEQ,
 )

@@ -7,6 +7,7 @@ from ...modality import Modality
 from .commands import add_commands
 from .data import TextDataSettings, pretraining_data, synthetic_batch
 from .encoder import TextLocalEncoder, TextSettings, build_decoder, step_flops
+from .fairseq import FAIRSEQ
 from .hf import export_text_hf, read_text_hf
 
 
@@ -37,4 +38,5 @@ TEXT = Modality(
     export=export_text_hf,
     read_export=read_text_hf,
     add_commands=add_commands,
+    fairseq=FAIRSEQ,
 )

@@ -45,6 +45,7 @@ class TextLocalEncoder(LocalEncoder):
     has_cls = True  # <s> is an ordinary token at position 0, not an extra token
     default_pool = "cls"
     normalize_context = False  # the text context encoder is empty (prenet_depth = 0)
+    variable_length = True
     ema_local_encoder = False  # the teacher keeps only the shared blocks
     shareable = ("token_embed", "pos_embed", "embed_norm")
     # for the MLM baseline (objectives/mlm.py): the byte-level BPE never emits <unk>, so it serves

@@ -1,0 +1,77 @@
+"""Encoder-only ONNX export (`data2vec2 export RUN --out DIR --format onnx`).
+
+The graph is the encoder's plain forward on whole, unmasked inputs, (B, ...) -> features
+(B, extra + T, D), the same tensor `Encoder.forward(inputs).x` returns: no masking, decoder,
+teacher or loss. The batch axis is dynamic; so is the length for modalities whose inputs vary in
+length (`LocalEncoder.variable_length`: a waveform's samples, a text's tokens). DIR gets
+model.onnx and config.json (our model config, the input's description and the data keys).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .config import Config, config_to_dict
+from .encoder import Encoder
+from .errors import ConfigError
+from .export import write_json
+from .nn.blocks import fused_attention_only
+
+if TYPE_CHECKING:
+    from .modality import Modality
+
+FORMAT = "data2vec2-onnx"
+
+
+class FeatureGraph(nn.Module):
+    """What is exported: inputs -> the encoder's last hidden states."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.encoder(inputs).x  # (B, extra + T, D)
+
+
+def example_inputs(config: Config, modality: "Modality", batch: int = 2) -> Tensor:
+    """`batch` samples of the preset's size through the modality's real collate."""
+    inputs, _ = modality.synthetic_batch(replace(config, train=replace(config.train, batch_size=batch)))
+    return inputs["inputs"]
+
+
+def export_onnx(encoder: Encoder, config: Config, modality: "Modality", out_dir: str | Path) -> Path:
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs onnx and onnxscript)
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ConfigError("--format onnx needs the onnx extra: pip install 'data2vec2[onnx]'") from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    example = example_inputs(config, modality)
+    dims = {0: torch.export.Dim.AUTO}
+    if encoder.local_encoder.variable_length:
+        dims[1] = torch.export.Dim.AUTO
+    graph = FeatureGraph(encoder).eval()
+    with warnings.catch_warnings(), fused_attention_only():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["inputs"],
+                                    output_names=["features"], dynamic_shapes={"inputs": dims}, verbose=False)
+    tmp = out / ".model.onnx.tmp"
+    program.save(str(tmp))
+    tmp.replace(out / "model.onnx")
+    meta = {"format": FORMAT, "version": __version__, "model": config_to_dict(config.model),
+            "inputs": {"name": "inputs", "dtype": str(example.dtype).removeprefix("torch."),
+                       "shape": ["batch", "length"] if encoder.local_encoder.variable_length else
+                       ["batch"] + list(example.shape[1:])},
+            "outputs": {"name": "features", "shape": ["batch", "extra + tokens", config.model.embed_dim],
+                        "extra_tokens": encoder.num_extra_tokens}}
+    write_json(out / "config.json", meta)
+    return out
