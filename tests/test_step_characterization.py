@@ -125,6 +125,16 @@ def run_step(name: str, pinned: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {k: v.detach() for k, v in record.items()}
 
 
+def without_key_bias(key: str, t: torch.Tensor) -> torch.Tensor:
+    """A fused QKV bias without its key part, rows [D, 2D): that part's gradient is exactly zero
+    (softmax ignores a constant added to every score), so its first AdamW step is the sign of
+    round-off, which differs between CPUs (AVX2 and AVX-512 kernels) as between attention paths."""
+    if not key.endswith("attn.qkv.bias") or t.ndim != 1:
+        return t
+    D = t.shape[0] // 3
+    return torch.cat([t[:D], t[2 * D:]])
+
+
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30)) if b.norm() > 0 else float((a - b).norm())
@@ -151,4 +161,10 @@ def test_one_training_step_reproduces_the_pinned_numbers(name, monkeypatch):
     for key, want in reference.items():
         got = current[key]
         assert got.shape == want.shape, key
-        assert relative_difference(got, want) <= 1e-6, f"{name}: {key} differs by {relative_difference(got, want):.2e}"
+        got, want = without_key_bias(key, got), without_key_bias(key, want)
+        # Forward, targets and loss: 1e-6 on any CPU. A gradient sums many products, in an order that
+        # differs between CPU kernels (AVX2, AVX-512); AdamW's first step is about lr * sign(gradient),
+        # so each element whose gradient is round-off moves the updated teacher by a full step: a
+        # few such elements give the weights a relative difference of 1e-6 to 1e-5 on another CPU.
+        tolerance = 2e-5 if key.startswith(("grad_norm/", "teacher/")) else 1e-6
+        assert relative_difference(got, want) <= tolerance, f"{name}: {key} differs by {relative_difference(got, want):.2e}"

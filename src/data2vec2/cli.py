@@ -56,14 +56,22 @@ def cmd_export(args) -> None:
 
     check_out(Path(args.out), args.overwrite, folder=True)
     encoder, config = load_encoder_and_config(args.run)
-    out = MODALITIES[config.model.modality].export(encoder, config, Path(args.out))
+    record = MODALITIES[config.model.modality]
+    if args.format == "onnx":
+        from .onnx_export import export_onnx
+
+        out = export_onnx(encoder, config, record, Path(args.out))
+        print(f"exported the {config.model.modality} encoder to {out / 'model.onnx'} (input 'inputs', output "
+              f"'features'; the input's shape and dtype are in {out / 'config.json'})")
+        return
+    out = record.export(encoder, config, Path(args.out))
     print(f"exported the {config.model.modality} encoder to {out} (load it with data2vec2.load_encoder('{out}'))")
 
 
 def cmd_import_fairseq(args) -> None:
     import copy
 
-    from .export import check_out, write_encoder
+    from .export import check_out
     from .fairseq_import import encoder_state, import_fairseq, write_run
     from .modalities import MODALITIES
 
@@ -80,13 +88,7 @@ def cmd_import_fairseq(args) -> None:
     if args.out:
         encoder = copy.deepcopy(imported.model.encoder)
         encoder.load_state_dict(encoder_state(imported.model, args.weights))
-        record = MODALITIES[config.model.modality]
-        if config.model.modality == "text" and not args.tokenizer:
-            out = write_encoder(encoder, config, Path(args.out))  # the transformers folder needs the tokenizer
-            print("no --tokenizer: written in our format (data2vec2.load_encoder reads it); give the tokenizer "
-                  "(a tokenizers JSON with the checkpoint's token ids) for a transformers RoBERTa folder")
-        else:
-            out = record.export(encoder, config, Path(args.out))
+        out = MODALITIES[config.model.modality].export(encoder, config, Path(args.out))
         print(f"exported the {args.weights}'s encoder to {out} (load it with data2vec2.load_encoder('{out}'))")
     if args.run_dir:
         config_file = write_run(imported, Path(args.run_dir), str(args.checkpoint))
@@ -148,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder or a checkpoint file")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing export in --out")
+    p.add_argument("--format", choices=("native", "onnx"), default="native",
+                   help="native: the modality's format (text: transformers); onnx: model.onnx, the encoder's "
+                        "forward only (needs the onnx extra)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import-fairseq", help="read a data2vec 2.0 checkpoint of the reference (fairseq) without "
@@ -157,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("teacher", "student"), default="teacher",
                    help="which encoder --out exports (default: the EMA teacher)")
     p.add_argument("--run-dir", help="write a run folder that `data2vec2 pretrain` continues from")
-    p.add_argument("--tokenizer", help="text: the tokenizers JSON whose ids the checkpoint uses (RoBERTa's "
-                                       "GPT-2 BPE); needed for a transformers export and to continue pre-training")
+    p.add_argument("--tokenizer", help="text (required): the tokenizers JSON whose ids the checkpoint uses "
+                                       "(RoBERTa's GPT-2 BPE, e.g. the tokenizer.json of roberta-base)")
     p.add_argument("--allow-unused", action="store_true",
                    help="import even when the file holds tensors that are not mapped (they are listed)")
     p.add_argument("--overwrite", action="store_true", help="write into an existing --out or --run-dir")

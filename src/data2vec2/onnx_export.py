@@ -4,11 +4,15 @@ The graph is the encoder's plain forward on whole, unmasked inputs, (B, ...) -> 
 (B, extra + T, D), the same tensor `Encoder.forward(inputs).x` returns: no masking, decoder,
 teacher or loss. The batch axis is dynamic; so is the length for modalities whose inputs vary in
 length (`LocalEncoder.variable_length`: a waveform's samples, a text's tokens). DIR gets
-model.onnx and config.json (our model config, the input's description and the data keys).
+model.onnx and config.json (our model config, the input's description and the modality's data
+keys: the image normalisation, the text tokenizer, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -60,10 +64,16 @@ def export_onnx(encoder: Encoder, config: Config, modality: "Modality", out_dir:
     if encoder.local_encoder.variable_length:
         dims[1] = torch.export.Dim.AUTO
     graph = FeatureGraph(encoder).eval()
-    with warnings.catch_warnings(), fused_attention_only():
-        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
-        program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["inputs"],
-                                    output_names=["features"], dynamic_shapes={"inputs": dims}, verbose=False)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # its notes on its own internals (operators of absent libraries)
+    try:
+        with warnings.catch_warnings(), fused_attention_only(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["inputs"],
+                                        output_names=["features"], dynamic_shapes={"inputs": dims}, verbose=False)
+    finally:
+        exporter_log.setLevel(level)
     tmp = out / ".model.onnx.tmp"
     program.save(str(tmp))
     tmp.replace(out / "model.onnx")
@@ -72,6 +82,7 @@ def export_onnx(encoder: Encoder, config: Config, modality: "Modality", out_dir:
                        "shape": ["batch", "length"] if encoder.local_encoder.variable_length else
                        ["batch"] + list(example.shape[1:])},
             "outputs": {"name": "features", "shape": ["batch", "extra + tokens", config.model.embed_dim],
-                        "extra_tokens": encoder.num_extra_tokens}}
+                        "extra_tokens": encoder.num_extra_tokens},
+            "data": config_to_dict(config.data.settings)}  # the modality's data keys: image mean and std, ...
     write_json(out / "config.json", meta)
     return out

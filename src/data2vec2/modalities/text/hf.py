@@ -95,7 +95,8 @@ def write_tokenizer(tokenizer_file: str | Path, out: Path, max_length: int, voca
     the RoBERTa special ids and no more tokens than the model has, never just any file the config
     names) + tokenizer_config.json naming the generic fast tokenizer."""
     if not str(tokenizer_file):
-        raise DataError("the model has no tokenizer (config data.tokenizer): cannot export it")
+        raise DataError("the model has no tokenizer (config data.tokenizer; import-fairseq: --tokenizer): cannot "
+                        "export it")
     tok = load_tokenizer(tokenizer_file)
     if tok.get_vocab_size() > vocab_size:
         raise DataError(f"{tokenizer_file}: {tok.get_vocab_size()} tokens, more than the model's {vocab_size}: "
