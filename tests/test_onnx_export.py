@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import SMALL, SMALL_AUDIO, SMALL_TEXT
+
 from data2vec2 import load_config
 from data2vec2.cli import main
 from data2vec2.export import write_encoder

@@ -85,14 +85,25 @@ def shared_overrides(model: dict, mod: dict) -> list[str]:
             ("end_of_block_targets", False, "targets are the FFN outputs"),
             ("batch_norm_target_layer", False, ""), ("instance_norm_targets", False, ""),
             ("start_drop_path_rate", 0.0, "drop path rises from 0"), ("dropout_input", 0.0, ""),
-            ("recon_loss", 0.0, "no pixel reconstruction term"), ("d2v_loss", 1.0, "")):
+            ("recon_loss", 0.0, "no pixel reconstruction term"), ("d2v_loss", 1.0, ""),
+            ("norm_affine", True, "LayerNorms with weight and bias"), ("decoder_group", False, ""),
+            ("shared_decoder", None, "each modality has its own decoder")):
         require(model, key, value, m, why)
     for key, value, why in (
             ("add_masks", False, ""), ("remove_masks", False, ""), ("keep_masked_pct", 0, ""),
             ("mask_dropout", 0.0, ""), ("mask_channel_prob", 0.0, ""), ("encoder_zero_mask", True, ""),
-            ("local_grad_mult", 1.0, ""), ("prenet_layerdrop", 0.0, "the prenet has no layerdrop"),
-            ("start_drop_path_rate", 0, "the prenet's drop path follows the shared blocks'")):
+            ("local_grad_mult", 1.0, ""), ("prenet_layerdrop", 0.0, "the prenet has no layerdrop")):
         require(mod, key, value, s, why)
+    # our prenet block i takes the drop-path rate of shared block i (a linear ramp from 0 over the
+    # shared blocks); the reference ramps its own (start -> end over the prenet): they must agree
+    depth, prenet = setting(model, "depth", m), setting(mod, "prenet_depth", s)
+    end = setting(model, "end_drop_path_rate", m)
+    ours = [end * min(i, depth - 1) / max(depth - 1, 1) for i in range(prenet)]
+    start_mod, end_mod = setting(mod, "start_drop_path_rate", s), setting(mod, "end_drop_path_rate", s)
+    theirs = [start_mod + (end_mod - start_mod) * i / max(prenet - 1, 1) for i in range(prenet)]
+    if any(abs(a - b) > 1e-9 for a, b in zip(ours, theirs)):
+        raise ConfigError(f"{s}.start_drop_path_rate={start_mod} / end_drop_path_rate={end_mod}: the prenet's "
+                          f"drop-path rates {theirs} differ from ours {ours} (those of the first shared blocks)")
     decoder = setting(mod, "decoder", s)
     d = f"{s}.decoder"
     for key, value in (("add_positions_masked", False), ("add_positions_all", False), ("projection_ratio", 2.0)):
@@ -114,8 +125,10 @@ def shared_overrides(model: dict, mod: dict) -> list[str]:
         f"model.prenet_dropout={setting(mod, 'prenet_dropout', s)}",
         f"model.drop_path={setting(model, 'end_drop_path_rate', m)}",
         f"model.layerdrop={setting(model, 'layerdrop', m)}",
-        f"decoder.dim={setting(decoder, 'decoder_dim', d)}", f"decoder.kernel_size={setting(decoder, 'decoder_kernel', d)}",
-        f"decoder.layers={setting(decoder, 'decoder_layers', d)}", f"decoder.groups={setting(decoder, 'decoder_groups', d)}",
+        f"decoder.dim={setting(decoder, 'decoder_dim', d)}",
+        f"decoder.kernel_size={setting(decoder, 'decoder_kernel', d)}",
+        f"decoder.layers={setting(decoder, 'decoder_layers', d)}",
+        f"decoder.groups={setting(decoder, 'decoder_groups', d)}",
         f"decoder.residual={setting(decoder, 'decoder_residual', d)}",
         f"decoder.projection_layers={setting(decoder, 'projection_layers', d)}",
         f"decoder.input_dropout={setting(decoder, 'input_dropout', d)}",
@@ -127,6 +140,9 @@ def shared_overrides(model: dict, mod: dict) -> list[str]:
         f"loss.cls_weight={setting(model, 'cls_loss', m)}",
         f"ema.decay={setting(model, 'ema_decay', m)}", f"ema.end_decay={setting(model, 'ema_end_decay', m)}",
         f"ema.anneal_steps={setting(model, 'ema_anneal_end_step', m)}",
+        # the reference's collapse guards compare standard deviations, despite their names
+        f"guards.min_target_std={setting(model, 'min_target_var', m)}",
+        f"guards.min_pred_std={setting(model, 'min_pred_var', m)}",
     ]
 
 

@@ -107,7 +107,8 @@ def load_untrusted(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", pickle_module=_PickleModule, weights_only=False)
     except Exception as e:  # a truncated zip, a bad pickle opcode, ...: the reason in one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DataError(f"cannot read {path} as a PyTorch checkpoint (truncated or not a checkpoint?): {first}") from None
+        raise DataError(f"cannot read {path} as a PyTorch checkpoint (truncated or not a checkpoint?): "
+                        f"{first}") from None
 
 
 def opaque_paths(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
