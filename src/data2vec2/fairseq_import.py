@@ -306,10 +306,12 @@ def write_run(imported: Imported, run_dir: Path, source: str) -> Path:
     """A run folder that `data2vec2 pretrain RUN/config.yaml --run-dir RUN` continues from: the
     imported student and teacher in RUN/imported.pt, and the config with train.init_from naming
     it. The optimizer and the schedule start afresh; the EMA starts from the imported teacher."""
+    if any((run_dir / "checkpoints").glob("*.pt")):  # pretrain would resume those, not start from the import
+        raise DataError(f"{run_dir} already holds checkpoints of a run: choose a new --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = run_dir / "imported.pt"
     config = imported.config
-    config.train.init_from = str(weights)
+    config.train.init_from = str(weights.resolve())  # absolute: pretrain may run from another folder
     tmp = run_dir / ".imported.pt.tmp"
     torch.save({"student": imported.model.student.state_dict(), "teacher": imported.model.teacher.state_dict(),
                 "config": config_to_dict(config), "source": source}, tmp)
