@@ -267,7 +267,8 @@ def speedups(best: dict[str, dict], metric: str) -> dict:
     return out
 
 
-def plot(best: dict[str, dict], out: Path) -> None:
+def plot(best: dict[str, dict], out: Path, ablations: list[dict] = ()) -> None:
+    """Accuracy against seconds and against FLOPs: a line per objective (and per ablation)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,9 +277,11 @@ def plot(best: dict[str, dict], out: Path) -> None:
     for axis, label in (("seconds", "pre-training seconds"), ("flops", "pre-training FLOPs")):
         fig, panes = plt.subplots(1, 2, figsize=(10, 4))
         for pane, metric in zip(panes, ("probe_test", "finetune_test")):
-            for name, run in best.items():
+            lines = list(best.items()) + [(run["ablation"], run) for run in ablations]
+            for name, run in lines:
                 pts = [p for p in run["points"] if metric in p]
-                pane.plot([p[axis] for p in pts], [100 * p[metric] for p in pts], marker="o", label=name)
+                if pts:
+                    pane.plot([p[axis] for p in pts], [100 * p[metric] for p in pts], marker="o", label=name)
             pane.set_xlabel(label)
             pane.set_ylabel(f"{metric.replace('_', ' ')} accuracy (%)")
             pane.grid(alpha=0.3)
@@ -355,7 +358,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(best, out)
+    plot(best, out, ablations)
     print(json.dumps({"speedup": result["speedup"], "finetune_last": result["finetune_last"]}, indent=1))
 
 
