@@ -97,7 +97,7 @@ def run_objective(modality_name: str, name: str, lr: float, minutes: float, args
     step_s = min(time_updates(config, modality, steps=6)["step_s"] for _ in range(2))
     budget = minutes * 60
     every = max(1, int(budget / (step_s * 1.05)) // 8)  # 1/8 of the updates; the data loader's share: 5 %
-    every = every // 10 * 10 if every >= 10 else every
+    every = every // 10 * 10 if every >= 100 else every  # round numbers only where that costs < 10 %
     updates = 8 * every
     config = load_config(preset, overrides + [
         f"train.max_steps={updates}", f"train.checkpoint_every={every}",
