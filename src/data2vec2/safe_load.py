@@ -104,6 +104,8 @@ def load_untrusted(path: str | Path) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
+        # weights_only=True would refuse fairseq's side entries outright; here the unpickler is ours,
+        # and its find_class returns only allow-listed callables, so nothing else can be called
         return torch.load(path, map_location="cpu", pickle_module=_PickleModule, weights_only=False)
     except Exception as e:  # a truncated zip, a bad pickle opcode, ...: the reason in one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
