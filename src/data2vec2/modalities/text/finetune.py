@@ -7,7 +7,9 @@
     metrics: accuracy, F1 (two classes), Matthews correlation; Pearson and Spearman for regression
 
 `finetune_compare` runs the same recipe (same seed, same batches) on the pre-trained encoder and on
-a randomly initialised one, and reports both.
+a randomly initialised one, and reports both. `finetune_seeds` runs a small learning-rate grid over
+several seeds for each of them, chooses each one's learning rate on dev, and reports the mean and
+spread over the seeds.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import csv
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -234,18 +237,22 @@ def finetune(encoder: nn.Module, train: Split, evals: list[Split], *, num_output
     return {"final": history[-1], "history": history, "seconds": time.perf_counter() - start, "updates": total}
 
 
-def finetune_compare(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv: str, test_tsv: str | None = None, *,
-                     text_columns: tuple[str, ...] | None = None, label_column: str | None = None,
-                     recipe: Recipe | None = None, baseline: nn.Module | None = None, progress: bool = True) -> dict:
-    """Fine-tune `encoder` (and `baseline`, its randomly initialised twin, with the same recipe) on a
-    TSV task."""
-    recipe = recipe or Recipe()
-    if recipe.threads > 0:
-        torch.set_num_threads(recipe.threads)
+@dataclass
+class TaskData:
+    train: Split
+    evals: list[Split]  # dev, then test if given
+    num_outputs: int
+    regression: bool
+    info: dict
+
+
+def load_task(config: Config, train_tsv: str, dev_tsv: str, test_tsv: str | None, text_columns: tuple[str, ...] | None,
+              label_column: str | None, max_length: int) -> TaskData:
+    """The TSVs tokenised with the model's tokenizer, labels as class indices (or floats)."""
     if not config.data.tokenizer:
         raise DataError("the model has no tokenizer (config data.tokenizer)")
     tok = load_tokenizer(config.data.tokenizer)
-    max_len = min(recipe.max_length, config.model.text.max_positions)
+    max_len = min(max_length, config.model.text.max_positions)
     train = read_tsv(train_tsv, text_columns, label_column)
     columns, label_col = train.columns, train.label_column
     others = [("dev", dev_tsv)] + ([("test", test_tsv)] if test_tsv else [])
@@ -261,15 +268,68 @@ def finetune_compare(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv
         num_outputs = len(classes)
     train_split = Split(encode(tok, train.texts, max_len), to_y(train.labels), "train")
     evals = [Split(encode(tok, t.texts, max_len), to_y(t.labels), name) for name, t in tasks.items()]
-    result = {"task": {"train": str(train_tsv), "dev": str(dev_tsv), "test": test_tsv, "columns": list(columns),
-                       "label_column": label_col, "regression": regression,
-                       "classes": None if regression else classes, "num_train": len(train_split.ids),
-                       **{f"num_{s.name}": len(s.ids) for s in evals}},
-              "recipe": recipe.__dict__}
+    info = {"train": str(train_tsv), "dev": str(dev_tsv), "test": test_tsv, "columns": list(columns),
+            "label_column": label_col, "regression": regression, "classes": None if regression else classes,
+            "num_train": len(train_split.ids), **{f"num_{s.name}": len(s.ids) for s in evals}}
+    return TaskData(train_split, evals, num_outputs, regression, info)
+
+
+def finetune_compare(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv: str, test_tsv: str | None = None, *,
+                     text_columns: tuple[str, ...] | None = None, label_column: str | None = None,
+                     recipe: Recipe | None = None, baseline: nn.Module | None = None, progress: bool = True) -> dict:
+    """Fine-tune `encoder` (and `baseline`, its randomly initialised twin, with the same recipe) on a
+    TSV task."""
+    recipe = recipe or Recipe()
+    if recipe.threads > 0:
+        torch.set_num_threads(recipe.threads)
+    task = load_task(config, train_tsv, dev_tsv, test_tsv, text_columns, label_column, recipe.max_length)
+    result = {"task": task.info, "recipe": recipe.__dict__}
     runs = [("pretrained", encoder)]
     if baseline is not None:
         runs.append(("random_init", baseline))
     for name, enc in runs:
-        result[name] = finetune(copy.deepcopy(enc), train_split, evals, num_outputs=num_outputs,
-                                regression=regression, recipe=recipe, progress=progress, desc=name)
+        result[name] = finetune(copy.deepcopy(enc), task.train, task.evals, num_outputs=task.num_outputs,
+                                regression=task.regression, recipe=recipe, progress=progress, desc=name)
+    return result
+
+
+def score(metrics: dict) -> float:
+    """The number a learning rate is chosen by: accuracy, or Pearson's r for regression."""
+    return metrics["accuracy"] if "accuracy" in metrics else metrics["pearson"]
+
+
+def finetune_seeds(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv: str, test_tsv: str | None = None, *,
+                   lrs: list[float], seeds: list[int], random_init: Callable[[int], nn.Module] | None = None,
+                   text_columns: tuple[str, ...] | None = None, label_column: str | None = None,
+                   recipe: Recipe | None = None, progress: bool = True) -> dict:
+    """Fine-tune `encoder` (and, with `random_init`, a random encoder built from each seed) once per
+    learning rate of `lrs` and seed of `seeds`. For each encoder on its own, the learning rate with the
+    best mean dev score over the seeds is chosen; its mean and spread over the seeds are reported, on
+    dev and test. Test never chooses anything."""
+    recipe = recipe or Recipe()
+    if recipe.threads > 0:
+        torch.set_num_threads(recipe.threads)
+    task = load_task(config, train_tsv, dev_tsv, test_tsv, text_columns, label_column, recipe.max_length)
+    result = {"task": task.info, "recipe": {k: v for k, v in recipe.__dict__.items() if k not in ("lr", "seed")},
+              "lrs": list(lrs), "seeds": list(seeds)}
+    builders = {"pretrained": lambda seed: encoder}
+    if random_init is not None:
+        builders["random_init"] = random_init
+    for name, build in builders.items():
+        runs = []
+        for lr in lrs:
+            for seed in seeds:
+                out = finetune(copy.deepcopy(build(seed)), task.train, task.evals, num_outputs=task.num_outputs,
+                               regression=task.regression, recipe=replace(recipe, lr=lr, seed=seed),
+                               progress=progress, desc=f"{name} lr {lr:g} seed {seed}")
+                runs.append({"lr": lr, "seed": seed, "final": out["final"], "seconds": round(out["seconds"], 1)})
+        dev_mean = {lr: float(np.mean([score(r["final"]["dev"]) for r in runs if r["lr"] == lr])) for lr in lrs}
+        chosen = max(lrs, key=lambda lr: (dev_mean[lr], -lrs.index(lr)))  # ties: the earlier one
+        summary = {"chosen_lr": chosen, "dev_mean_by_lr": {f"{lr:g}": v for lr, v in dev_mean.items()}}
+        for split in [s.name for s in task.evals]:
+            values = [score(r["final"][split]) for r in runs if r["lr"] == chosen]
+            summary[split] = values
+            summary[f"{split}_mean"] = float(np.mean(values))
+            summary[f"{split}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        result[name] = {**summary, "runs": runs}
     return result

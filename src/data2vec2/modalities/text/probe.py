@@ -1,6 +1,10 @@
-"""A frozen-feature probe for sentence classification: each sentence's encoder output, mean-pooled
-over its tokens (padding excluded), and a logistic-regression head (eval/probe.py) trained on the
-training TSV and scored on the dev and test TSVs. Cheap enough to run on every checkpoint."""
+"""A frozen-feature probe for sentence classification, the text counterpart of the image linear
+probe: each sentence's block outputs, mean-pooled over its tokens (padding excluded), and a
+logistic-regression head (eval/probe.py) trained on the training TSV.
+
+Which features: the output of one block, or the mean of all blocks' outputs. The candidate is
+chosen on the dev TSV, by the mean dev accuracy of all the encoders compared (the pre-trained one
+and its random init get the same choice); the test TSV is scored only with the chosen features."""
 
 from __future__ import annotations
 
@@ -15,20 +19,50 @@ from .finetune import class_index, encode, pad_batch, read_tsv
 
 
 @torch.no_grad()
-def sentence_features(encoder: nn.Module, ids: list[list[int]], batch_size: int = 256) -> Tensor:
-    """(N, D) mean-pooled features of N token sequences, batched by length."""
+def block_features(encoder: nn.Module, ids: list[list[int]], batch_size: int = 256) -> Tensor:
+    """(L, N, D): the output of each of the L blocks for N token sequences, mean-pooled over each
+    sequence's tokens; batched by length."""
     encoder.eval()
+    outputs: list[Tensor] = []
+    hooks = [block.register_forward_hook(lambda module, args, out: outputs.append(out[0]))
+             for block in encoder.blocks]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = torch.zeros(len(ids), encoder.cfg.embed_dim)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        out[torch.as_tensor(idx)] = encoder.embed(pad_batch([ids[i] for i in idx]), pool="mean").float()
+    out = torch.zeros(len(encoder.blocks), len(ids), encoder.cfg.embed_dim)
+    try:
+        for s in range(0, len(order), batch_size):
+            idx = torch.as_tensor(order[s:s + batch_size])
+            tokens = pad_batch([ids[i] for i in idx])  # (B, T)
+            outputs.clear()
+            encoder(tokens)
+            keep = (~encoder.local_encoder.padding_mask(tokens)).unsqueeze(-1).float()  # (B, T, 1)
+            for layer, x in enumerate(outputs):
+                x = x[:, encoder.num_extra_tokens:].float()  # (B, T, D)
+                out[layer, idx] = (x * keep).sum(1) / keep.sum(1).clamp(min=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
     return out
 
 
-def probe_task(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv: str, test_tsv: str | None = None, *,
-               text_columns: tuple[str, ...] | None = None, label_column: str | None = None, seed: int = 0) -> dict:
-    """Accuracy of a linear head on frozen features: {"dev": ..., "test": ...} (test if given)."""
+def sentence_features(encoder: nn.Module, ids: list[list[int]], batch_size: int = 256) -> Tensor:
+    """(N, D) mean-pooled outputs of the last block."""
+    return block_features(encoder, ids, batch_size)[-1]
+
+
+def candidates(features: Tensor) -> dict[str, Tensor]:
+    """(L, N, D) -> {"block 1": (N, D), ..., "block L": ..., "mean of blocks": ...}."""
+    out = {f"block {i + 1}": x for i, x in enumerate(features)}
+    if len(features) > 1:
+        out["mean of blocks"] = features.mean(0)
+    return out
+
+
+def probe_task(encoders: dict[str, nn.Module], config: Config, train_tsv: str, dev_tsv: str,
+               test_tsv: str | None = None, *, text_columns: tuple[str, ...] | None = None,
+               label_column: str | None = None, seed: int = 0) -> dict:
+    """Each encoder's probe accuracy with every candidate's features on dev, the candidate with the
+    best mean dev accuracy over the encoders, and (with a test TSV) each encoder's test accuracy
+    with it."""
     if not config.data.tokenizer:
         raise DataError("the model has no tokenizer (config data.tokenizer)")
     tokenizer = load_tokenizer(config.data.tokenizer)
@@ -37,13 +71,26 @@ def probe_task(encoder: nn.Module, config: Config, train_tsv: str, dev_tsv: str,
              for name, path in (("dev", dev_tsv), ("test", test_tsv)) if path}
     index = class_index(train, tasks)
     max_length = config.model.text.max_positions
-
-    def features_and_labels(task) -> tuple[Tensor, Tensor]:
-        x = sentence_features(encoder, encode(tokenizer, task.texts, max_length))
-        return x, torch.tensor([index[label] for label in task.labels])
-
-    train_x, train_y = features_and_labels(train)
-    out = {"classes": len(index), "num_train": len(train_y)}
-    for name, task in tasks.items():
-        out[name] = linear_probe(train_x, train_y, *features_and_labels(task), seed=seed).test_accuracy
-    return out
+    ids = {"train": encode(tokenizer, train.texts, max_length)}
+    ids.update({name: encode(tokenizer, task.texts, max_length) for name, task in tasks.items()})
+    labels = {name: torch.tensor([index[label] for label in task.labels])
+              for name, task in {"train": train, **tasks}.items()}
+    result: dict = {"classes": len(index), "num_train": len(train.labels), "dev_by_features": {}}
+    features = {}
+    for name, encoder in encoders.items():
+        features[name] = {split: candidates(block_features(encoder, x)) for split, x in ids.items()}
+        result["dev_by_features"][name] = {
+            c: linear_probe(features[name]["train"][c], labels["train"], features[name]["dev"][c], labels["dev"],
+                            seed=seed).test_accuracy
+            for c in features[name]["train"]}
+    names = list(features[next(iter(encoders))]["train"])
+    mean_dev = {c: sum(result["dev_by_features"][e][c] for e in encoders) / len(encoders) for c in names}
+    chosen = max(names, key=lambda c: (mean_dev[c], -names.index(c)))  # ties: the earlier candidate
+    result["features"] = chosen
+    for name in encoders:
+        result[name] = {"dev": result["dev_by_features"][name][chosen]}
+        if "test" in tasks:
+            result[name]["test"] = linear_probe(features[name]["train"][chosen], labels["train"],
+                                                features[name]["test"][chosen], labels["test"],
+                                                seed=seed).test_accuracy
+    return result
