@@ -87,7 +87,8 @@ def cmd_finetune(args, modality) -> None:
           f"{num_classes} classes", flush=True)
     train = load_images(fit_source, config)
     evals = {"val": load_images(val_source, config), "test": load_images(test_source, config)}
-    recipe = Recipe(updates=args.updates, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    recipe = Recipe(updates=args.updates, lr=args.lr, layer_decay=args.layer_decay, batch_size=args.batch_size,
+                    seed=args.seed)
     torch.set_num_threads(pick_threads(0))  # the free cores, as pre-training
     result = {"model": str(args.model), "train": args.train, "test": args.test,
               "pretrained": finetune(encoder, train, evals, recipe, num_classes, desc="finetune pre-trained")}
@@ -140,6 +141,9 @@ def add_commands(sub, prepare, modality) -> None:
     p.add_argument("--updates", type=int, default=Recipe.updates)
     p.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     p.add_argument("--lr", type=float, default=Recipe.lr)
+    p.add_argument("--layer-decay", type=float, default=Recipe.layer_decay,
+                   help="layer-wise lr decay: each block gets this times the next block's lr, "
+                        "the last one this times --lr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-random", action="store_true", help="skip the randomly initialised twin")
     p.add_argument("--cache", help="the data cache (default: the run's data.cache_dir)")
