@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
+from .finetune import read_tsv
 
 LINUX_DOC = Path("/usr/share/doc/linux-doc-6.1")
 PYTHON_DOC = Path("usr/share/doc/python3.11/html/_sources")  # inside an extracted python3.11-doc
@@ -221,8 +222,7 @@ def held_out_sentences(cache: Path) -> set[str]:
         path = cache / "text" / "rotten_tomatoes" / f"{split}.tsv"
         if not path.exists():
             raise DataError(f"{path} not found: the reviews are filtered against it (run 'data2vec2 prepare text')")
-        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
-            snippet = line.split("\t")[0]
+        for (snippet,) in read_tsv(path).texts:
             held.update(normalise(s) for s in [snippet, *sentences(snippet)])
     held.discard("")
     return held
