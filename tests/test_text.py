@@ -250,7 +250,7 @@ def test_finetune_reports_pretrained_and_random(real_text, tokenizer_file, tmp_p
 
 def test_frozen_probe_pools_each_block_over_tokens_and_chooses_features_on_dev(real_text, tokenizer_file, tmp_path):
     from data2vec2.modalities.text.finetune import encode
-    from data2vec2.modalities.text.probe import block_features, probe_task, sentence_features
+    from data2vec2.modalities.text.probe import block_features, candidates, probe_task, sentence_features
 
     config = small_config(real_text, tokenizer_file, tmp_path)
     encoder = build_encoder(config.model, MODALITIES["text"])
@@ -262,13 +262,15 @@ def test_frozen_probe_pools_each_block_over_tokens_and_chooses_features_on_dev(r
     # the last block's output is the encoder's output, mean-pooled as `embed` pools it
     torch.testing.assert_close(sentence_features(encoder, ids[1:]), encoder.embed(torch.tensor(ids[1:]), pool="mean"))
     assert len(encoder.blocks[0]._forward_hooks) == 0  # the hooks are gone
+    side_by_side = candidates(together)["all blocks"]  # (N, L * D): sentence n's blocks in order
+    torch.testing.assert_close(side_by_side[1], together[:, 1].flatten())
     rows = ["sentence\tlabel"] + [f"{w} computer {w}\t{int(w == 'good')}" for w in ["good", "bad"] * 20]
     for split in ("train", "dev"):
         (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     encoders = {"pretrained": encoder, "random_init": random_encoder(config.model, MODALITIES["text"], seed=1)}
     result = probe_task(encoders, config, tmp_path / "train.tsv", tmp_path / "dev.tsv")
     assert result["classes"] == 2 and result["num_train"] == 40 and "test" not in result["pretrained"]
-    candidates = [f"block {i + 1}" for i in range(config.model.depth)] + ["mean of blocks"]
+    candidates = [f"block {i + 1}" for i in range(config.model.depth)] + ["mean of blocks", "all blocks"]
     assert list(result["dev_by_features"]["random_init"]) == candidates and result["features"] in candidates
     assert result["pretrained"]["dev"] == result["dev_by_features"]["pretrained"][result["features"]] == 1.0
     (tmp_path / "odd.tsv").write_text("sentence\tlabel\nfine\t7\n")

@@ -2,7 +2,8 @@
 probe: each sentence's block outputs, mean-pooled over its tokens (padding excluded), and a
 logistic-regression head (eval/probe.py) trained on the training TSV.
 
-Which features: the output of one block, or the mean of all blocks' outputs. The candidate is
+Which features: the output of one block, the mean of all blocks' outputs, or all blocks' outputs
+side by side (L * D features). The candidate is
 chosen on the dev TSV, by the mean dev accuracy of all the encoders compared (the pre-trained one
 and its random init get the same choice); the test TSV is scored only with the chosen features."""
 
@@ -50,10 +51,12 @@ def sentence_features(encoder: nn.Module, ids: list[list[int]], batch_size: int 
 
 
 def candidates(features: Tensor) -> dict[str, Tensor]:
-    """(L, N, D) -> {"block 1": (N, D), ..., "block L": ..., "mean of blocks": ...}."""
+    """(L, N, D) -> {"block 1": (N, D), ..., "block L": ..., "mean of blocks": (N, D),
+    "all blocks": (N, L * D)}."""
     out = {f"block {i + 1}": x for i, x in enumerate(features)}
     if len(features) > 1:
         out["mean of blocks"] = features.mean(0)
+        out["all blocks"] = features.transpose(0, 1).flatten(1)  # (N, L, D) -> (N, L * D)
     return out
 
 
