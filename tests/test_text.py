@@ -365,3 +365,48 @@ def test_hf_config_is_json(tmp_path):
     c = hf_config(load_config("text-base").model)
     assert c["max_position_embeddings"] == 514 and c["layer_norm_eps"] == 1e-5 and c["hidden_act"] == "gelu"
     json.dumps(c)
+
+
+def test_text_tiny_results_collector_checks_the_run_and_computes_the_gains(tmp_path):
+    """benchmarks/text_tiny.py: the JSON of docs/results/text-tiny.json from a run folder and the two
+    commands' outputs; an evaluation of another run is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = load_config("text-tiny")
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"batch_size": 32, "precision": "auto"},
+                                                     "model": {"text": {"max_positions": 64}},
+                                                     "data": {"train": config.data.train}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "elapsed_s": s / 10, "samples_per_s": 200.0,
+                                                           "mfu": 0.4, "loss": 40.0}) + "\n" for s in (25, 50)))
+    log = tmp_path / "pretrain.log"
+    log.write_text("[data2vec2] text-tiny: encoder 1.85M params, device cpu (2 threads), bfloat16, 1 process(es), "
+                   "matmul peak 397 GFLOP/s\n")
+    probe = {"model": str(run), "features": "all blocks", "pretrained": {"dev": 0.65, "test": 0.66},
+             "random_init": {"dev": 0.59, "test": 0.65}}
+    finetune = {"model": str(run), "seeds": [0, 1], "lrs": [1e-4],
+                **{name: {"chosen_lr": 1e-4, "dev_mean": 0.7, "test_mean": m, "test_std": 0.01}
+                   for name, m in (("pretrained", 0.74), ("random_init", 0.73))}}
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    (tmp_path / "finetune.json").write_text(json.dumps(finetune))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "text_tiny.py"
+    args = [sys.executable, str(script), str(run), "--probe", str(tmp_path / "probe.json"),
+            "--finetune", str(tmp_path / "finetune.json"), "--pretrain-log", str(log), "--out", str(tmp_path / "out.json")]
+    subprocess.run(args, check=True, capture_output=True)
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert (out["probe_pretrained"], out["probe_random"], out["split"]) == (0.66, 0.65, "test")
+    assert abs(out["probe_gain"] - 0.01) < 1e-9 and abs(out["finetune_gain"] - 0.01) < 1e-9
+    assert (out["finetune_pretrained_mean"], out["finetune_random_mean"], out["seeds"]) == (0.74, 0.73, [0, 1])
+    p = out["pretraining"]
+    assert (p["updates"], p["seconds"], p["tokens_seen"], p["precision_used"], p["matmul_peak_gflops"]) == \
+        (50, 5.0, 50 * 32 * 64, "bfloat16", 397.0)
+    assert out["pretraining_seconds"] == 5.0 and "cpu_flags" in out["hardware"]
+    probe["model"] = str(tmp_path / "another-run")
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    refused = subprocess.run(args, capture_output=True, text=True)
+    assert refused.returncode != 0 and "not " + str(run) in refused.stderr
