@@ -18,7 +18,6 @@ import torch
 from data2vec2 import load_encoder_and_config
 from data2vec2.benchmark import machine
 from data2vec2.eval.probe import linear_probe
-from data2vec2.modalities import MODALITIES
 from data2vec2.modalities.text.commands import rotten_tomatoes_files
 from data2vec2.modalities.text.data import load_tokenizer
 from data2vec2.modalities.text.finetune import class_index, encode, read_tsv
@@ -41,7 +40,7 @@ def main() -> None:
     p.add_argument("--cache", default="cache")
     p.add_argument("--out", default="")
     args = p.parse_args()
-    _, config = load_encoder_and_config(args.run, {"text": MODALITIES["text"]})
+    _, config = load_encoder_and_config(args.run)
     tokenizer = load_tokenizer(config.data.tokenizer)
     files = dict(zip(("train", "dev", "test"), rotten_tomatoes_files(Path(args.cache))))
     tasks = {split: read_tsv(path) for split, path in files.items()}
