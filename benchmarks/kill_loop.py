@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from recorded import TEXT_TINY_AS_RECORDED
 
 from data2vec2.benchmark import machine
 
@@ -35,9 +36,7 @@ from data2vec2.benchmark import machine
 RUNS = {
     "image": ("image-tiny", ["train.batch_size=16", "model.drop_path=0.1", "data.limit=2048",
                              "train.time_budget_s=0"]),
-    "text": ("text-tiny", ["train.batch_size=8", "data.limit=4096", "data.train=english", "model.dropout=0.1",
-                           "model.attention_dropout=0.1", "model.post_mlp_dropout=0.1", "model.text.embed_dropout=0.1",
-                           "train.time_budget_s=0"]),
+    "text": ("text-tiny", ["train.batch_size=8", "data.limit=4096", *TEXT_TINY_AS_RECORDED]),
     "audio": ("audio-tiny", ["train.batch_size=4", "data.max_samples=16000", "data.limit=512"]),
 }
 COMMON = ["train.log_every=1", "train.checkpoint_every=2", "train.keep_checkpoints=3", "optim.warmup_steps=5",

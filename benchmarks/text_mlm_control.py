@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from recorded import TEXT_TINY_AS_RECORDED
 
 from data2vec2 import load_config, load_encoder_and_config, pretrain
 from data2vec2.modalities import MODALITIES
@@ -27,9 +28,6 @@ from data2vec2.modalities.text.finetune import Recipe, finetune_compare
 from data2vec2.model import random_encoder
 
 MLM = ["objective=mlm", "masking.mask_prob=0.15", "masking.num_masks=1"]
-# text-tiny as it was when docs/text.md recorded this control: the English corpus, dropout 0.1, no time budget
-AS_RECORDED = ["data.train=english", "model.dropout=0.1", "model.attention_dropout=0.1", "model.post_mlp_dropout=0.1",
-               "model.text.embed_dropout=0.1", "train.time_budget_s=0"]
 
 
 def main() -> None:
@@ -44,7 +42,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config("text-tiny", [f"data.cache_dir={args.cache}", f"train.max_steps={args.updates}",
-                                       "train.log_every=1", *AS_RECORDED, *MLM])
+                                       "train.log_every=1", *TEXT_TINY_AS_RECORDED, *MLM])
     run = Path(args.runs) / f"mlm-{args.updates}"
     start = time.perf_counter()
     pretrain(config, run)

@@ -6,8 +6,8 @@ commands docs/text.md runs: a `pretrain` run folder, `probe-text --out` and `fin
 
 It checks that both evaluations were made on that run, reads the pre-training's updates, seconds,
 precision and throughput from the run's own metrics and (with --pretrain-log, the pre-training's
-printed output) the precision that `auto` chose and the matmul rate measured at start-up, and adds this machine's CPU flags
-(run it on the machine that pre-trained)."""
+printed output) the precision that `auto` chose and the matmul rate measured at start-up, and adds
+this machine's CPU flags (run it on the machine that pre-trained)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from pathlib import Path
 import yaml
 
 from data2vec2.benchmark import machine
+from data2vec2.train.logger import read_metrics
 
 
 def pretraining_summary(run: Path) -> dict:
     """The run's updates, seconds and throughput from metrics.jsonl; its data, precision and
     overrides of the preset from config.yaml."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "step" in r and "elapsed_s" in r]
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "step" in r and "elapsed_s" in r]
     if not rows:
         raise SystemExit(f"{run}/metrics.jsonl holds no logged updates")
     config = yaml.safe_load((run / "config.yaml").read_text())
