@@ -136,6 +136,52 @@ def test_compiled_student_trains_like_the_eager_one(tmp_path, small_overrides):
     np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
 
 
+def test_activation_checkpointing_trains_exactly_like_keeping_the_activations(tmp_path, small_overrides):
+    """train.activation_checkpointing: the student's blocks run again in the backward pass, with the same
+    dropout and drop-path draws, so losses and weights are those of a run that kept the activations."""
+    from data2vec2.modalities import MODALITIES
+    from data2vec2.nn.blocks import Block
+    from data2vec2.train.setup import setup_training
+
+    o = small_overrides + ["train.max_steps=3", "train.batch_size=8", "model.dropout=0.1", "model.drop_path=0.2"]
+    config = load_config("image-tiny", o + ["train.activation_checkpointing=true"])
+    pretrain(load_config("image-tiny", o), tmp_path / "kept", progress=False)
+    pretrain(config, tmp_path / "recomputed", progress=False)
+    np.testing.assert_allclose(losses(tmp_path / "recomputed"), losses(tmp_path / "kept"), rtol=1e-6)
+    training = setup_training(config, MODALITIES["image"])
+    flags = [m.recompute_in_backward for m in training.model.student.modules() if isinstance(m, Block)]
+    assert len(flags) == training.config.model.depth + training.config.model.prenet_depth and all(flags)
+    assert not any(m.recompute_in_backward for m in training.model.teacher.modules() if isinstance(m, Block))
+    a = torch.load(tmp_path / "kept/checkpoints/last.pt", weights_only=True)["student"]
+    b = torch.load(tmp_path / "recomputed/checkpoints/last.pt", weights_only=True)["student"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7)
+
+
+def test_activation_checkpointing_keeps_only_the_block_inputs():
+    from data2vec2.nn.blocks import Block, run_blocks
+
+    blocks = torch.nn.ModuleList(Block(32, 4) for _ in range(3))
+    x = torch.randn(2, 10, 32, requires_grad=True)
+
+    def saved_bytes() -> int:
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out, ffn = run_blocks(blocks, x)
+        (out.sum() + sum(f.sum() for f in ffn)).backward()
+        return sum(sizes)
+
+    kept = saved_bytes()
+    for block in blocks:
+        block.recompute_in_backward = True
+    recomputed = saved_bytes()
+    assert recomputed < kept / 5  # 3 inputs (B, N, D) against every intermediate of 3 blocks
+
+
 def test_the_thread_count_follows_the_setting_the_environment_the_resumed_run_then_the_free_cores(monkeypatch):
     import os
 

@@ -13,6 +13,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 class DropPath(nn.Module):
@@ -119,10 +120,18 @@ class Block(nn.Module):
         self.post_mlp_dropout = nn.Dropout(post_mlp_dropout)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.drop_path = DropPath(drop_path)
+        # activation checkpointing (train.activation_checkpointing): keep only the block's input for the
+        # backward pass and run the block again there; the random draws (dropout, drop path) repeat exactly
+        self.recompute_in_backward = False
 
     def forward(self, x: Tensor, attn_bias: Tensor | None = None,
                 padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Returns (block output, FFN output), both (B, N, D)."""
+        if self.recompute_in_backward and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, attn_bias, padding_mask, use_reentrant=False)
+        return self._forward(x, attn_bias, padding_mask)
+
+    def _forward(self, x: Tensor, attn_bias: Tensor | None, padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         x = self.norm1(x + self.drop_path(self.attn(x, attn_bias, padding_mask)))
         ffn = self.mlp(x)
         x = self.norm2(x + self.drop_path(self.post_mlp_dropout(ffn)))

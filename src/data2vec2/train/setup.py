@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..config import Config, config_to_dict
 from ..errors import ConfigError, TrainingError
 from ..model import Data2Vec2
+from ..nn.blocks import Block
 from ..objectives import build_model
 from . import distributed
 from .checkpoint import load_checkpoint, non_finite, with_current_names
@@ -182,6 +183,9 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
             load_initial_weights(model, Path(train.init_from), info.is_main)
         torch.manual_seed(train.seed + info.rank)
     student = model.student
+    if train.activation_checkpointing:
+        for block in (m for m in student.modules() if isinstance(m, Block)):
+            block.recompute_in_backward = True
     if train.compile:
         student = torch.compile(student)
     if info.world_size > 1:
