@@ -21,17 +21,25 @@ def blocks_forward_flops(rows: int, tokens: int, dim: int, mlp_ratio: float, dep
     return depth * (linear + attention)
 
 
-def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 0.5) -> float:
-    """Dense matmul throughput (FLOP/s) of this machine in `dtype`, measured now."""
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 0, seconds: float = 0.5) -> float:
+    """Dense matmul throughput (FLOP/s) of this machine in `dtype`, measured now. On a GPU the
+    matrices are 8192 x 8192 and the host waits once per 10 products (a 2048 x 2048 product takes
+    about 20 us on an H100: a wait after each would measure the launch, not the tensor cores)."""
+    cuda = device.type == "cuda"
+    size = size or (8192 if cuda else 2048)
+    per_wait = 10 if cuda else 1
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)  # warm up
+    if cuda:
+        torch.cuda.synchronize(device)
     n, start = 0, time.perf_counter()
     while True:
-        torch.mm(a, b)
-        n += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        for _ in range(per_wait):
+            torch.mm(a, b)
+        n += per_wait
+        if cuda:
+            torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and n >= 3:
             return 2 * size**3 * n / elapsed
