@@ -156,6 +156,12 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     info = distributed.init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    dtype = pick_dtype(train.precision, device)
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        # what bf16 autocast leaves in fp32 runs on TF32 tensor cores (10-bit mantissa inputs, fp32
+        # sums); train.precision=fp32 stays fp32 throughout
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if train.batch_size % (info.world_size * train.grad_accum):
         raise ConfigError(f"train.batch_size={train.batch_size} must be divisible by processes x grad_accum = "
                           f"{info.world_size * train.grad_accum}")
@@ -192,7 +198,7 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
         student = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     return Training(config=config, model=model, student=student, optimizer=optimizer, scheduler=scheduler,
-                    device=device, dtype=pick_dtype(train.precision, device), dist=info)
+                    device=device, dtype=dtype, dist=info)
 
 
 def load_initial_weights(model: Data2Vec2, path: Path, report: bool) -> None:
