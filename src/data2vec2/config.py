@@ -173,8 +173,8 @@ class TrainConfig:
     time_budget_s: float = 0.0  # stop (and checkpoint) after this many seconds; 0: no limit
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False  # torch.compile the student encoder
-    # recompute each student block in the backward pass instead of keeping its activations: memory for
-    # activations falls to one block's, for about a third more compute (large batches, the huge presets)
+    # recompute each student block in the backward pass instead of keeping its activations: the same
+    # result, less memory, one more forward pass of the blocks (large batches, the huge presets)
     activation_checkpointing: bool = False
     seed: int = 0
     log_every: int = 20
