@@ -17,11 +17,13 @@
 #   3. A 150-update image-base pre-training on generated images: 100 updates (with checkpoints),
 #      stopped, then resumed by `data2vec2 pretrain` to 150; from metrics.jsonl, the loss must fall
 #      and stay finite, and the resumed run must continue at update 100.
+#   4. The same for image-large with FSDP (train.fsdp, its preset's default) on this one GPU: 20
+#      updates, stopped at 10, resumed from the sharded (DCP) checkpoint: the code path, not a speed-up.
 #
 # Output: JSON lines appended to docs/benchmarks/gpu-<GPU name, lower case, spaces -> dashes>.jsonl
 # (or --out FILE; a dry run writes to runs/gpu_check_dry/gpu-dry-run.jsonl unless --out is given,
 # never into docs/). Every line has "check" (benchmark | benchmark_failed | largest_batch | pretrain |
-# summary), "run" (the UTC start time of this check, shared by its lines), "dry_run", "commit" and
+# pretrain_fsdp | summary), "run" (the UTC start time of this check, shared by its lines), "dry_run", "commit" and
 # "status" (ok | failed). Exit status: 0 when every step passed, 1 when one failed (its line says
 # why), 2 for a bad argument, 3 when a Python module is missing, 4 when no CUDA GPU is visible.
 set -euo pipefail
@@ -75,7 +77,10 @@ if [ "$DRY_RUN" = 1 ]; then
     PRETRAIN_PRESET=image-tiny; PRETRAIN_STOP=3; PRETRAIN_TOTAL=6
     PRETRAIN_OVERRIDES="train.batch_size=8 optim.warmup_steps=2 train.checkpoint_every=3 train.log_every=1
                         data.num_workers=0 train.precision=$PRECISION train.time_budget_s=0"
-    LIMIT_CHECK=60; LIMIT_IMAGES=30; LIMIT_LEG1=60; LIMIT_LEG2=60
+    FSDP_PRESET=image-tiny; FSDP_STOP=2; FSDP_TOTAL=4
+    FSDP_OVERRIDES="train.fsdp=true train.batch_size=8 optim.warmup_steps=1 train.checkpoint_every=2 train.log_every=1
+                    data.num_workers=0 train.precision=$PRECISION train.time_budget_s=0"
+    LIMIT_CHECK=60; LIMIT_IMAGES=30; LIMIT_LEG1=60; LIMIT_LEG2=60; LIMIT_FSDP1=60; LIMIT_FSDP2=60
 else
     DEADLINE=470
     PRECISION=bf16
@@ -90,12 +95,11 @@ else
     # - audio-base: 64 utterances / 8 = 8 per GPU, the reference's 8 GPUs too. The reference batches by
     #   length, 1.0M samples (62.5 s of 16 kHz audio) per GPU: here 8 crops of 125,000 samples (7.8 s).
     # - text-base: 64 blocks of 512 tokens / 8 = 8 blocks per GPU (the reference: 4 per GPU on 16 GPUs).
-    BENCH=("image-base|train.batch_size=64|100"
-           "audio-base|train.batch_size=8 data.max_samples=125000|85"
-           "text-base|train.batch_size=8|60")
-    # image-large with FSDP: added when train.fsdp exists (issue 13)
+    BENCH=("image-base|train.batch_size=64|90"
+           "audio-base|train.batch_size=8 data.max_samples=125000|75"
+           "text-base|train.batch_size=8|50")
     # step 2 doubles from step 1's image-base batch (SEARCH_KNOWN, which ran there)
-    SEARCH_PRESET=image-base; SEARCH_KNOWN=64; SEARCH_CAP=4096; SEARCH_LIMIT=75
+    SEARCH_PRESET=image-base; SEARCH_KNOWN=64; SEARCH_CAP=4096; SEARCH_LIMIT=50
     IMAGES=320; IMAGE_SIZE=224  # 10 batches of 32 per epoch, at the preset's 224 x 224
     PRETRAIN_PRESET=image-base; PRETRAIN_STOP=100; PRETRAIN_TOTAL=150
     # A check of training, not of speed: batch 32 (half of step 1's) so that both legs fit their time
@@ -103,8 +107,13 @@ else
     # to 2.5e-4, with a warmup of 10 % of the 150 updates instead of the preset's 50,040.
     PRETRAIN_OVERRIDES="train.batch_size=32 optim.lr=2.5e-4 optim.warmup_steps=15 train.checkpoint_every=50
                         train.log_every=1 data.num_workers=8 train.precision=$PRECISION"
-    LIMIT_CHECK=30; LIMIT_IMAGES=15; LIMIT_LEG1=60; LIMIT_LEG2=45
-    # the limits: 30 (modules) + 100 + 85 + 60 (step 1) + 75 (step 2) + 15 + 60 + 45 (step 3) = 470 = DEADLINE
+    # image-large (FSDP by its preset) at batch 16, its peak LR 1e-3 (for 2,048 images) scaled to 1e-4
+    FSDP_PRESET=image-large; FSDP_STOP=10; FSDP_TOTAL=20
+    FSDP_OVERRIDES="train.fsdp=true train.batch_size=16 optim.lr=1e-4 optim.warmup_steps=4 train.checkpoint_every=10
+                    train.log_every=1 data.num_workers=8 train.precision=$PRECISION"
+    LIMIT_CHECK=20; LIMIT_IMAGES=10; LIMIT_LEG1=55; LIMIT_LEG2=40; LIMIT_FSDP1=45; LIMIT_FSDP2=35
+    # the limits: 20 (modules) + 90 + 75 + 50 (step 1) + 50 (step 2) + 10 + 55 + 40 (step 3) + 45 + 35 (step 4)
+    # = 470 = DEADLINE
 fi
 
 # ------------------------------------------------------------------------------------------------
@@ -236,8 +245,9 @@ def pretrain(out, run_dir, stop, total, leg1_rc, leg2_rc, leg1_log, leg2_log, *a
     log2 = Path(leg2_log).read_text(errors="replace") if Path(leg2_log).exists() else ""
     m = re.search(r"resuming at update (\d+)", log2)
     resumed = int(m.group(1)) if m else None
-    folder = run_dir / "checkpoints"
-    checkpoints = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+    folder = run_dir / "checkpoints"  # files (step_*.pt, last.pt) or, under FSDP, folders (step_*, last)
+    checkpoints = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    suffix = "" if "last" in checkpoints else ".pt"
     if steps != list(range(1, total + 1)):
         problems.append(f"metrics.jsonl logs {len(steps)} updates ({steps[:2]}...{steps[-2:]}), not 1..{total}")
     if not finite:
@@ -247,8 +257,8 @@ def pretrain(out, run_dir, stop, total, leg1_rc, leg2_rc, leg1_log, leg2_log, *a
         problems.append(f"the loss did not fall: mean of the first {k} updates {first}, of the last {k} {last}")
     if resumed != stop:
         problems.append(f"the second run resumed at update {resumed}, not {stop}")
-    if f"step_{total:09d}.pt" not in checkpoints or "last.pt" not in checkpoints:
-        problems.append(f"checkpoints {checkpoints}: no last.pt and step_{total:09d}.pt")
+    if f"step_{total:09d}{suffix}" not in checkpoints or f"last{suffix}" not in checkpoints:
+        problems.append(f"checkpoints {checkpoints}: no last{suffix} and step_{total:09d}{suffix}")
     timed = [r for r in rows[len(rows) // 2:] if isinstance(r.get("samples_per_s"), (int, float))]
 
     def median(xs):
@@ -410,40 +420,53 @@ if ! "${HELPER[@]}" search "$OUT" "$WORK/trials.tsv" check=largest_batch "${COMM
 fi
 
 # ------------------------------------------------------------------------------------------------
-# 3. Pre-training on generated images: PRETRAIN_STOP updates (checkpoints on the way) of a run whose
-# schedule is PRETRAIN_TOTAL updates long, stopped there; then `data2vec2 pretrain` on the same run
-# folder resumes from its checkpoint to PRETRAIN_TOTAL. The first leg stops through the Python API's
-# max_steps: the command line has no stop at a given update (a signal would land at no fixed update).
-echo "[gpu_check] 3. $PRETRAIN_PRESET pre-training, $PRETRAIN_TOTAL updates: stop at $PRETRAIN_STOP, resume"
-RUN_DIR="$WORK/pretrain-run"
-# shellcheck disable=SC2206  # the overrides are a list of words
-PT_OVERRIDES=("data.train=$WORK/images" "train.max_steps=$PRETRAIN_TOTAL" "data.cache_dir=$WORK/cache"
-              $PRETRAIN_OVERRIDES "$DEVICE")
-leg1=0; leg2=0
-run_limited "$(limit "$LIMIT_IMAGES")" "$WORK/leg1.log" "${HELPER[@]}" images "$WORK/images" "$IMAGES" "$IMAGE_SIZE" 0 \
-    || leg1=$?
-if [ "$leg1" = 0 ]; then
-    run_limited "$(limit "$LIMIT_LEG1")" "$WORK/leg1.log" "$PYTHON" -c '
+# 3 and 4. Pre-training on generated images, stopped and resumed.
+# pretrain_and_resume CHECK PRESET STOP TOTAL LIMIT1 LIMIT2 OVERRIDE...: STOP updates (checkpoints on
+# the way) of a run whose schedule is TOTAL updates long, stopped there; then `data2vec2 pretrain` on
+# the same run folder resumes from its checkpoint to TOTAL; the helper writes the line CHECK. The
+# first leg stops through the Python API's max_steps: the command line has no stop at a given update
+# (a signal would land at no fixed update).
+pretrain_and_resume() {
+    local check=$1 preset=$2 stop=$3 total=$4 limit1=$5 limit2=$6
+    shift 6
+    local run_dir="$WORK/$check-run" leg1=$IMAGES_RC leg2=0
+    local overrides=("data.train=$WORK/images" "train.max_steps=$total" "data.cache_dir=$WORK/cache" "$@" "$DEVICE")
+    cp "$WORK/images.log" "$WORK/$check-leg1.log"
+    if [ "$leg1" = 0 ]; then
+        run_limited "$(limit "$limit1")" "$WORK/$check-leg1.log" "$PYTHON" -c '
 import json, sys
 import data2vec2
 preset, run, stop = sys.argv[1], sys.argv[2], int(sys.argv[3])
 result = data2vec2.pretrain(data2vec2.load_config(preset, sys.argv[4:]), run, progress=False, max_steps=stop)
 print(json.dumps({k: v for k, v in result.items() if k != "last"}))' \
-        "$PRETRAIN_PRESET" "$RUN_DIR" "$PRETRAIN_STOP" "${PT_OVERRIDES[@]}" || leg1=$?
-fi
-if [ "$leg1" = 0 ]; then
-    run_limited "$(limit "$LIMIT_LEG2")" "$WORK/leg2.log" "${D2V[@]}" pretrain "$PRETRAIN_PRESET" --run-dir "$RUN_DIR" \
-        --no-progress "${PT_OVERRIDES[@]}" || leg2=$?
-else
-    echo "not run: the first leg failed" >"$WORK/leg2.log"
-    leg2=skipped
-fi
-if ! "${HELPER[@]}" pretrain "$OUT" "$RUN_DIR" "$PRETRAIN_STOP" "$PRETRAIN_TOTAL" "$leg1" "$leg2" "$WORK/leg1.log" \
-        "$WORK/leg2.log" check=pretrain "${COMMON[@]}" "preset=$PRETRAIN_PRESET" "precision=$PRECISION" \
-        "images:=$IMAGES" "image_size:=$IMAGE_SIZE" "overrides=${PT_OVERRIDES[*]//$WORK/<tmp>}" || ! last_ok; then
-    FAILED+=("pretrain")
-    tail -n 20 "$WORK/leg1.log" "$WORK/leg2.log" >&2 || true
-fi
+            "$preset" "$run_dir" "$stop" "${overrides[@]}" || leg1=$?
+    fi
+    if [ "$leg1" = 0 ]; then
+        run_limited "$(limit "$limit2")" "$WORK/$check-leg2.log" "${D2V[@]}" pretrain "$preset" --run-dir "$run_dir" \
+            --no-progress "${overrides[@]}" || leg2=$?
+    else
+        echo "not run: the first leg failed" >"$WORK/$check-leg2.log"
+        leg2=skipped
+    fi
+    if ! "${HELPER[@]}" pretrain "$OUT" "$run_dir" "$stop" "$total" "$leg1" "$leg2" "$WORK/$check-leg1.log" \
+            "$WORK/$check-leg2.log" "check=$check" "${COMMON[@]}" "preset=$preset" "precision=$PRECISION" \
+            "images:=$IMAGES" "image_size:=$IMAGE_SIZE" "overrides=${overrides[*]//$WORK/<tmp>}" || ! last_ok; then
+        FAILED+=("$check")
+        tail -n 20 "$WORK/$check-leg1.log" "$WORK/$check-leg2.log" >&2 || true
+    fi
+}
+
+IMAGES_RC=0
+run_limited "$(limit "$LIMIT_IMAGES")" "$WORK/images.log" "${HELPER[@]}" images "$WORK/images" "$IMAGES" "$IMAGE_SIZE" 0 \
+    || IMAGES_RC=$?
+echo "[gpu_check] 3. $PRETRAIN_PRESET pre-training, $PRETRAIN_TOTAL updates: stop at $PRETRAIN_STOP, resume"
+# shellcheck disable=SC2086  # the overrides are a list of words
+pretrain_and_resume pretrain "$PRETRAIN_PRESET" "$PRETRAIN_STOP" "$PRETRAIN_TOTAL" "$LIMIT_LEG1" "$LIMIT_LEG2" \
+    $PRETRAIN_OVERRIDES
+echo "[gpu_check] 4. $FSDP_PRESET pre-training with FSDP, $FSDP_TOTAL updates: stop at $FSDP_STOP, resume"
+# shellcheck disable=SC2086
+pretrain_and_resume pretrain_fsdp "$FSDP_PRESET" "$FSDP_STOP" "$FSDP_TOTAL" "$LIMIT_FSDP1" "$LIMIT_FSDP2" \
+    $FSDP_OVERRIDES
 
 # ------------------------------------------------------------------------------------------------
 elapsed=$(($(date +%s) - START))

@@ -31,7 +31,7 @@ def test_dry_run_writes_every_line(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len({r["run"] for r in rows}) == 1 and all(r["dry_run"] is True for r in rows)
-    assert [r["check"] for r in rows] == ["benchmark"] * 3 + ["largest_batch", "pretrain", "summary"]
+    assert [r["check"] for r in rows] == ["benchmark"] * 3 + ["largest_batch", "pretrain", "pretrain_fsdp", "summary"]
 
     bench = {r["preset"]: r for r in rows if r["check"] == "benchmark"}
     assert sorted(bench) == ["audio-tiny", "image-tiny", "text-tiny"]
@@ -54,6 +54,11 @@ def test_dry_run_writes_every_line(tmp_path):
     assert pre["loss_finite"] is True and pre["loss_falls"] is True and pre["loss_last"] < pre["loss_first"]
     assert len(pre["curve"]) == 6 and pre["loss_first"] == pytest.approx(sum(pre["curve"][:2]) / 2, rel=1e-3)
     assert {"last.pt", "step_000000003.pt", "step_000000006.pt"} <= set(pre["checkpoints"])
+
+    (fsdp,) = [r for r in rows if r["check"] == "pretrain_fsdp"]  # sharded checkpoints are folders
+    assert fsdp["status"] == "ok" and fsdp["problems"] == [] and "train.fsdp=true" in fsdp["overrides"]
+    assert (fsdp["updates"], fsdp["stopped_at"], fsdp["resumed_at"]) == (4, 2, 2) and fsdp["loss_finite"] is True
+    assert fsdp["checkpoints"] == ["last", "step_000000002", "step_000000004"]
 
     (summary,) = [r for r in rows if r["check"] == "summary"]
     assert summary["status"] == "ok" and summary["failed"] == [] and 0 < summary["seconds"] < 120

@@ -176,6 +176,9 @@ class TrainConfig:
     # recompute each student block in the backward pass instead of keeping its activations: the same
     # result, less memory, one more forward pass of the blocks (large batches, the huge presets)
     activation_checkpointing: bool = False
+    # shard the student, the teacher, the gradients and AdamW's state over the processes, block by
+    # block (FSDP2), with sharded checkpoints (train/sharding.py); the large and huge presets
+    fsdp: bool = False
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 1000  # updates between checkpoints (also written at the end)

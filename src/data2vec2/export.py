@@ -25,7 +25,7 @@ from .config import Config, config_from_dict, config_to_dict
 from .encoder import Encoder
 from .errors import ConfigError, DataError, TrainingError
 from .model import build_encoder
-from .train.checkpoint import load_checkpoint, with_current_names
+from .train.checkpoint import SHARDED_INDEX, STATE_FILE, load_checkpoint, with_current_names
 
 if TYPE_CHECKING:
     from .modality import Modality
@@ -169,14 +169,40 @@ def _load_checkpoint(path: Path, modalities: Mapping[str, "Modality"]) -> tuple[
     return encoder.eval(), config
 
 
+def _load_sharded_checkpoint(folder: Path, modalities: Mapping[str, "Modality"]) -> tuple[Encoder, Config]:
+    """The student encoder of a sharded (train.fsdp) checkpoint folder, gathered in this process."""
+    from .train.sharded_checkpoint import load_sharded_weights, sharded_shapes
+
+    try:
+        state = load_checkpoint(folder / STATE_FILE)
+        shapes = sharded_shapes(folder, "student.encoder.")
+    except TrainingError as e:  # here the checkpoint is input data
+        raise DataError(str(e)) from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise DataError(f"{folder} is not a data2vec2 training checkpoint")
+    record = _modality_of(state["config"], folder, modalities)
+    config = _saved_config(state["config"], modalities, folder)
+    encoder = _encoder_for(config, record, shapes, folder)
+    weights = encoder.state_dict()
+    try:
+        load_sharded_weights(weights, folder, "student.encoder.")
+    except TrainingError as e:
+        raise DataError(str(e)) from None
+    return encoder.eval(), config
+
+
 def load_encoder_and_config(path: str | Path, modalities: Mapping[str, "Modality"]) -> tuple[Encoder, Config]:
-    """The encoder (eval mode) and config of an export folder, a run folder (its last checkpoint)
-    or a checkpoint file. Training checkpoints give the *student* encoder, as fine-tuning in the
+    """The encoder (eval mode) and config of an export folder, a run folder (its last checkpoint),
+    a checkpoint file or a sharded checkpoint folder. Training checkpoints give the *student* encoder, as fine-tuning in the
     reference does. `modalities`: the records it may be (a command that needs one modality passes
     only that one, and any other is an error naming both)."""
     path = Path(path)
     if (path / "config.json").exists():
         return _load_export(path, modalities)
+    if (path / SHARDED_INDEX).exists():
+        return _load_sharded_checkpoint(path, modalities)
+    if path.is_dir() and not (path / "checkpoints" / "last.pt").exists() and (path / "checkpoints" / "last").is_dir():
+        return _load_sharded_checkpoint(path / "checkpoints" / "last", modalities)
     checkpoint = path / "checkpoints" / "last.pt" if path.is_dir() else path
     if not checkpoint.exists():
         raise DataError(f"{path}: not an exported encoder (config.json), a run folder or a checkpoint file")

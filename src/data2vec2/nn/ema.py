@@ -12,6 +12,8 @@ import copy
 import torch
 from torch import nn
 
+from ..train.distributed import local_part
+
 
 def ema_decay(step: int, decay: float, end_decay: float, anneal_steps: int) -> float:
     """tau after `step` optimizer updates."""
@@ -35,18 +37,20 @@ def make_teacher(student_part: nn.Module, leave_out: tuple[str, ...] = ()) -> nn
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:
     """One EMA step. Parameters the teacher lacks (decoder, shared parts) are skipped; parameters
-    frozen in the student and all buffers are copied."""
+    frozen in the student and all buffers are copied. Sharded (train.fsdp) student and teacher
+    parameters are split the same way, so each process averages the parts it holds."""
     if tau >= 1.0:
         return
     student_params = dict(student.named_parameters())
     lerp_t, lerp_s = [], []
     for name, p_t in teacher.named_parameters():
         p_s = student_params[name]
+        t, s = local_part(p_t), local_part(p_s.detach())
         if p_s.requires_grad:
-            lerp_t.append(p_t)
-            lerp_s.append(p_s.detach().to(p_t.dtype))
+            lerp_t.append(t)
+            lerp_s.append(s.to(t.dtype))
         else:
-            p_t.copy_(p_s)
+            t.copy_(s)
     if lerp_t:
         torch._foreach_lerp_(lerp_t, lerp_s, 1.0 - tau)
     student_buffers = dict(student.named_buffers())

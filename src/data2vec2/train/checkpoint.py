@@ -4,13 +4,19 @@ Layout of a run folder:
     config.yaml            the resolved config
     checkpoints/last.pt    the newest checkpoint
     checkpoints/step_000001000.pt ...   the `keep` newest step checkpoints
+
+A sharded run (train.fsdp) writes folders instead, one file of shards per process (train/sharding.py):
+    checkpoints/last -> step_000001000     a symbolic link to the newest
+    checkpoints/step_000001000/            .metadata, __<rank>_0.distcp ..., state.pt (step, RNG, config)
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
+from typing import Callable
 
 try:
     import fcntl
@@ -20,8 +26,11 @@ except ImportError:  # not POSIX
 import torch
 
 from ..errors import TrainingError
+from .distributed import barrier, local_part
 
-STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")  # a file, or a sharded checkpoint's folder
+STATE_FILE = "state.pt"  # in a sharded checkpoint's folder: all but the model and optimizer
+SHARDED_INDEX = ".metadata"  # in a sharded checkpoint's folder: where each tensor's shards are
 
 
 def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
@@ -41,11 +50,46 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
     except OSError:
         _write(state, tmp_last)
     os.replace(tmp_last, folder / "last.pt")
-    steps = sorted(p for p in folder.glob("step_*.pt") if STEP_FILE.search(p.name))
-    for old in steps[:-keep] if keep > 0 else steps:
-        if old != target:
-            old.unlink()
+    _remove_old(folder, target, keep)
     return target
+
+
+def save_sharded_checkpoint(write_shards: Callable[[Path], None], state: dict, folder: Path, step: int, keep: int,
+                            is_main: bool) -> Path:
+    """The sharded counterpart of `save_checkpoint`, called by every process: all write their
+    shards (`write_shards(path)`) into a fresh temporary folder, the main process adds `state` and
+    renames the folder to step_<step>, then points `last` at it with a fresh symbolic link renamed
+    over the old one. A kill at any point leaves every visible name complete."""
+    target = folder / f"step_{step:09d}"
+    tmp = folder / f".{target.name}.tmp"
+    if is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    write_shards(tmp)  # the shard files are synced before the metadata file is written
+    barrier()
+    if is_main:
+        _write(state, tmp / STATE_FILE)
+        if target.exists():  # an older save of this update, which `last` no longer names
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        tmp_last = folder / ".last.tmp"
+        tmp_last.unlink(missing_ok=True)
+        os.symlink(target.name, tmp_last)
+        os.replace(tmp_last, folder / "last")
+        _remove_old(folder, target, keep)
+    barrier()
+    return target
+
+
+def _remove_old(folder: Path, newest: Path, keep: int) -> None:
+    """Step checkpoints (of the newest's kind) beyond the `keep` newest."""
+    steps = sorted(p for p in folder.glob("step_*") if STEP_FILE.search(p.name) and p.is_dir() == newest.is_dir())
+    for old in steps[:-keep] if keep > 0 else steps:
+        if old != newest and old.is_dir():
+            shutil.rmtree(old)
+        elif old != newest:
+            old.unlink()
 
 
 def _write(state: dict, path: Path) -> None:
@@ -57,12 +101,16 @@ def _write(state: dict, path: Path) -> None:
 
 
 def remove_partial_files(folder: Path) -> None:
-    """Temporary files of a save that was killed (only the run's lock holder may call this)."""
+    """Temporary files and folders of a save that was killed (only the run's lock holder may call this)."""
     for path in folder.glob(".*.tmp") if folder.is_dir() else []:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 RESUME_KEYS = ("student", "teacher", "optimizer", "scheduler", "step", "rng", "config")
+SHARDED_RESUME_KEYS = ("scheduler", "step", "rng", "config")  # + the model and optimizer shards
 
 
 def load_resume_state(run_dir: Path) -> dict | None:
@@ -70,14 +118,14 @@ def load_resume_state(run_dir: Path) -> dict | None:
     file truncated by a full disk, say), the newest readable step file, with a message. None if
     the folder has no checkpoint; TrainingError naming the files if none can be read."""
     folder = run_dir / "checkpoints"
-    steps = sorted((p for p in folder.glob("step_*.pt") if STEP_FILE.search(p.name)), reverse=True)
-    candidates = [p for p in [folder / "last.pt"] if p.exists()] + steps
+    steps = sorted((p for p in folder.glob("step_*") if STEP_FILE.search(p.name)), reverse=True)
+    candidates = [p for p in [folder / "last.pt", folder / "last"] if p.exists()] + steps
     if not candidates:
         return None
     problems = []
     for path in candidates:
         try:
-            state = load_checkpoint(path)
+            state = _load_sharded_state(path) if path.is_dir() else load_checkpoint(path)
             _check_resume_state(state, path)
         except TrainingError as e:
             problems.append(str(e))
@@ -87,6 +135,16 @@ def load_resume_state(run_dir: Path) -> dict | None:
         return state
     raise TrainingError(f"no readable checkpoint in {folder}: " + "; ".join(problems) +
                         ". Remove the unreadable files, or start again with --no-resume")
+
+
+def _load_sharded_state(path: Path) -> dict:
+    """A sharded checkpoint's state.pt, with "sharded": its folder (the shards load in setup)."""
+    if not (path / SHARDED_INDEX).is_file() or not (path / STATE_FILE).is_file():
+        raise TrainingError(f"{path} is not a complete sharded checkpoint (no {SHARDED_INDEX} or {STATE_FILE} in it)")
+    state = load_checkpoint(path / STATE_FILE)
+    if isinstance(state, dict):
+        state["sharded"] = str(path.resolve())
+    return state
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -110,15 +168,18 @@ def _reason(e: Exception) -> str:
 
 
 def non_finite(state_dict: dict) -> list[str]:
-    """Names of the floating-point tensors of `state_dict` holding a NaN or an infinity."""
-    return [name for name, t in state_dict.items()
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    """Names of the floating-point tensors of `state_dict` holding a NaN or an infinity (of a
+    sharded tensor: in this process's part)."""
+    return [name for name, t in state_dict.items() if isinstance(t, torch.Tensor) and t.is_floating_point()
+            and not bool(torch.isfinite(local_part(t)).all())]
 
 
 def _check_resume_state(state, path: Path) -> None:
-    if not isinstance(state, dict) or any(k not in state for k in RESUME_KEYS):
+    """Every key there; the weights finite (a sharded checkpoint's are checked once loaded)."""
+    keys = SHARDED_RESUME_KEYS if isinstance(state, dict) and "sharded" in state else RESUME_KEYS
+    if not isinstance(state, dict) or any(k not in state for k in keys):
         raise TrainingError(f"{path} is not a data2vec2 training checkpoint")
-    for part in ("student", "teacher"):
+    for part in ("student", "teacher") if keys is RESUME_KEYS else ():
         bad = non_finite(state[part])
         if bad:
             raise TrainingError(f"{path}: {part} tensor {bad[0]} is not finite")

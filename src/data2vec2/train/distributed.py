@@ -9,6 +9,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.5: no sharded parameters (and no train.fsdp)
+    DTensor = ()
+
 
 @dataclass
 class DistInfo:
@@ -21,12 +26,17 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> DistInfo:
+def init_distributed(device_type: str, group_of_one: bool = False) -> DistInfo:
+    """The process group of torchrun's processes. Without torchrun: none, or with `group_of_one`
+    (FSDP needs a group even alone) a group of this one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    backend = "nccl" if device_type == "cuda" else "gloo"
     if world <= 1:
+        if group_of_one and not dist.is_initialized():
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend)
     info = DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":
@@ -43,6 +53,11 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t)
     return t
+
+
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """The part of a sharded (FSDP) tensor this process holds; any other tensor as it is."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def all_gather_objects(obj) -> list:

@@ -20,7 +20,14 @@ from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..data.collate import ReplaceUnreadable, ResumableSampler
 from ..errors import ConfigError, DataError, Interrupted, TrainingError
 from . import distributed
-from .checkpoint import RunLock, load_resume_state, non_finite, remove_partial_files, save_checkpoint
+from .checkpoint import (
+    RunLock,
+    load_resume_state,
+    non_finite,
+    remove_partial_files,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from .flops import count_update_flops, measure_matmul_flops
 from .logger import MetricsLogger
 from .setup import Training, setup_training
@@ -31,7 +38,7 @@ if TYPE_CHECKING:
     from ..modality import Modality
 
 # what a resumed run must share with the run that wrote its checkpoint
-RESUME_MUST_MATCH = ("model", "masking", "train.batch_size")
+RESUME_MUST_MATCH = ("model", "masking", "train.batch_size", "train.fsdp")
 
 
 def _batches(loader, sampler: ResumableSampler, collate, dataset, start_step: int):
@@ -59,7 +66,7 @@ def _check_resumable(config: Config, saved: dict, run_dir: Path, modality: "Moda
 
 def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resume: bool = True, progress: bool = True,
              max_steps: int | None = None) -> dict:
-    """Pre-train into `run_dir`; resumes automatically from run_dir/checkpoints/last.pt. One process
+    """Pre-train into `run_dir`; resumes automatically from run_dir/checkpoints/last(.pt). One process
     (of torchrun's: rank 0) locks the folder for the run's life.
 
     `max_steps` stops this invocation early (for tests); the schedule still follows the config.
@@ -200,7 +207,8 @@ def _stop(training: Training, step: int, saved_step: int, run_dir: Path, receive
     """A signal asked to stop: save update `step` (unless it is saved already) and raise Interrupted."""
     if step != saved_step:
         _save(training, step, run_dir)
-    where = f"{run_dir / 'checkpoints' / 'last.pt'} holds it" if step else "no update was made"
+    last = "last" if training.config.train.fsdp else "last.pt"
+    where = f"{run_dir / 'checkpoints' / last} holds it" if step else "no update was made"
     raise Interrupted(f"stopped by {received.name} at update {step}; {where} (resume with the same command)",
                       int(received))
 
@@ -223,23 +231,29 @@ def _check_collapse(config: Config, step: int, metrics: dict) -> None:
 def _save(training: Training, step: int, run_dir: Path) -> None:
     """A checkpoint of update `step`; refused (nothing written) if any weight is not finite."""
     for part in ("student", "teacher"):
-        bad = non_finite(getattr(training.model, part).state_dict())
+        # every process checks its own shards of a sharded model, and all learn of any bad one
+        local = non_finite(getattr(training.model, part).state_dict())
+        bad = sorted(set().union(*distributed.all_gather_objects(local)))
         if bad:
             raise TrainingError(f"update {step}: {len(bad)} {part} tensors are not finite ({bad[0]}, ...); "
                                 f"no checkpoint was written, the newest one on disk is unchanged")
-    rng_states = distributed.all_gather_objects(torch.get_rng_state())
+    state = {
+        "scheduler": training.scheduler.state_dict(),
+        "step": step,
+        "rng": distributed.all_gather_objects(torch.get_rng_state()),
+        "threads": torch.get_num_threads(),
+        "config": config_to_dict(training.config),
+        "versions": {"data2vec2": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+    }
+    folder, keep = run_dir / "checkpoints", training.config.train.keep_checkpoints
+    if training.config.train.fsdp:
+        from .sharded_checkpoint import save_sharded  # (a second to import: only for sharded runs)
+
+        save_sharded_checkpoint(lambda path: save_sharded(training.model, training.optimizer, path), state, folder,
+                                step, keep, training.dist.is_main)
+        return
     if training.dist.is_main:
-        state = {
-            "student": training.model.student.state_dict(),
-            "teacher": training.model.teacher.state_dict(),
-            "optimizer": training.optimizer.state_dict(),
-            "scheduler": training.scheduler.state_dict(),
-            "step": step,
-            "rng": rng_states,
-            "threads": torch.get_num_threads(),
-            "config": config_to_dict(training.config),
-            "versions": {"data2vec2": __version__, "torch": str(torch.__version__),
-                         "python": platform.python_version()},
-        }
-        save_checkpoint(state, run_dir / "checkpoints", step, training.config.train.keep_checkpoints)
+        state.update(student=training.model.student.state_dict(), teacher=training.model.teacher.state_dict(),
+                     optimizer=training.optimizer.state_dict())
+        save_checkpoint(state, folder, step, keep)
     distributed.barrier()

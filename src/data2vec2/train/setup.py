@@ -1,5 +1,5 @@
 """Everything a training run needs before its first update: device, precision, processes, the
-model, the optimizer and its schedule, the compiled and DDP-wrapped student. Nothing here knows
+model, the optimizer and its schedule, the compiled and DDP-wrapped (or FSDP-sharded) student. Nothing here knows
 the modality: its record builds the parts."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..objectives import build_model
 from . import distributed
 from .checkpoint import load_checkpoint, non_finite, with_current_names
 from .optim import apply_optim_config, build_optimizer, build_scheduler
+from .sharding import gradients_kept_local, shard_model
 
 if TYPE_CHECKING:
     from ..modality import Modality
@@ -129,7 +130,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 class Training:
     config: Config
     model: "Data2Vec2 | torch.nn.Module"  # the objective's model (objectives/build_model): Data2Vec2 by default
-    student: torch.nn.Module  # model.student, compiled and/or DDP-wrapped: what the step runs
+    student: torch.nn.Module  # model.student, compiled and/or DDP-wrapped (or sharded in place): what the step runs
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
@@ -140,6 +141,14 @@ class Training:
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def no_sync(self):
+        """For the micro-batches of an update before its last: gradients stay on this process."""
+        if self.config.train.fsdp:
+            return gradients_kept_local(self.model.student)
+        if self.dist.world_size > 1:
+            return self.student.no_sync()
+        return contextlib.nullcontext()
 
     @property
     def micro_batch(self) -> int:
@@ -153,7 +162,7 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     (restored, or seeded with seed + rank) and the student compiled and wrapped."""
     train = config.train
     device = pick_device(train.device)
-    info = distributed.init_distributed(device.type)
+    info = distributed.init_distributed(device.type, group_of_one=train.fsdp)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     dtype = pick_dtype(train.precision, device)
@@ -165,17 +174,35 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     if train.batch_size % (info.world_size * train.grad_accum):
         raise ConfigError(f"train.batch_size={train.batch_size} must be divisible by processes x grad_accum = "
                           f"{info.world_size * train.grad_accum}")
+    if train.fsdp and info.world_size > 1 and config.model.layerdrop > 0:
+        raise ConfigError(f"train.fsdp with {info.world_size} processes needs model.layerdrop=0: each process would "
+                          f"skip other blocks and wait for the others at the ones it skipped")
     if device.type == "cpu":
         torch.set_num_threads(pick_threads(train.threads, state.get("threads") if state else None))
         keep_freed_memory()
     torch.manual_seed(train.seed)  # the same initial weights on every process
     model = build_model(config, modality).to(device)
-    optimizer = build_optimizer(model.student, config.optim, device)
-    scheduler = build_scheduler(optimizer, config.optim, train.max_steps)
-    if state is not None:
+    sharded_state = state is not None and "sharded" in state
+    if state is not None and not sharded_state:
         model.student.load_state_dict(with_current_names(state["student"], model.student))
         model.teacher.load_state_dict(with_current_names(state["teacher"], model.teacher))
-        optimizer.load_state_dict(state["optimizer"])
+    elif state is None and train.init_from:
+        load_initial_weights(model, Path(train.init_from), info.is_main)
+    if train.activation_checkpointing:
+        for block in (m for m in model.student.modules() if isinstance(m, Block)):
+            block.recompute_in_backward = True
+    if train.fsdp:
+        shard_model(model, dtype)
+    optimizer = build_optimizer(model.student, config.optim, device)  # of the sharded weights under FSDP
+    scheduler = build_scheduler(optimizer, config.optim, train.max_steps)
+    if state is not None:
+        if sharded_state:
+            from .sharded_checkpoint import load_sharded  # (a second to import: only for sharded runs)
+
+            load_sharded(model, optimizer, Path(state["sharded"]))
+            _check_finite(model, state["sharded"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         # The optimizer keeps its moments; its settings and the schedule come from the config, so a
         # resume with a changed optim.* (say a lower lr after a NaN) applies it from the saved step.
         apply_optim_config(optimizer, model.student, config.optim)
@@ -185,20 +212,25 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
         rng = state["rng"]
         torch.set_rng_state(rng[info.rank % len(rng)])
     else:
-        if train.init_from:
-            load_initial_weights(model, Path(train.init_from), info.is_main)
         torch.manual_seed(train.seed + info.rank)
     student = model.student
-    if train.activation_checkpointing:
-        for block in (m for m in student.modules() if isinstance(m, Block)):
-            block.recompute_in_backward = True
     if train.compile:
         student = torch.compile(student)
-    if info.world_size > 1:
-        student = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
+    if info.world_size > 1 and not train.fsdp:
+        # a block skipped by layerdrop (on some processes only) leaves its weights without gradients
+        student = DDP(student, device_ids=[device.index] if device.type == "cuda" else None,
+                      find_unused_parameters=config.model.layerdrop > 0)
     model.train()
     return Training(config=config, model=model, student=student, optimizer=optimizer, scheduler=scheduler,
                     device=device, dtype=dtype, dist=info)
+
+
+def _check_finite(model: torch.nn.Module, path: str) -> None:
+    """A sharded checkpoint's weights, checked once loaded: each process its shards."""
+    for part in ("student", "teacher"):
+        bad = set().union(*distributed.all_gather_objects(non_finite(getattr(model, part).state_dict())))
+        if bad:
+            raise TrainingError(f"{path}: {part} tensor {sorted(bad)[0]} is not finite")
 
 
 def load_initial_weights(model: Data2Vec2, path: Path, report: bool) -> None:

@@ -1,6 +1,6 @@
 """One training update, the same for the loop and for every benchmark:
 
-    one update = A micro-batches on each of W processes (gradient accumulation x DDP)
+    one update = A micro-batches on each of W processes (gradient accumulation x DDP or FSDP)
     loss       = (sum over all of them of the masked-token losses) / (the update's masked count)
     then       : clip -> AdamW step -> LR schedule step -> EMA teacher step with tau(update)
 
@@ -44,12 +44,11 @@ def train_step(training: Training, micro_batches: list[dict], step: int, with_me
         inputs = batch["inputs"].to(training.device, non_blocking=True)
         mask = batch["mask"].to(training.device, non_blocking=True)
         last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if (world == 1 or last) else student.no_sync()
-        with sync:
+        with contextlib.nullcontext() if last else training.no_sync():
             with training.autocast():
                 out = model(inputs, mask, batch["noise_seed"], update_masked, student=student,
                             with_metrics=with_metrics)
-            # DDP averages the gradients over the W processes; * W makes them those of the sum
+            # DDP and FSDP average the gradients over the W processes; * W makes them those of the sum
             (out.loss * world if world > 1 else out.loss).backward()
         loss_total += out.loss.detach()
         for name, value in out.metrics.items():
@@ -57,8 +56,10 @@ def train_step(training: Training, micro_batches: list[dict], step: int, with_me
 
     loss = float(distributed.all_reduce_sum(loss_total.cpu()))
     clip = training.config.optim.clip_norm
-    # the norm before clipping; after DDP's all-reduce it is the same on every process
+    # the norm before clipping; after DDP's all-reduce it is the same on every process (sharded
+    # gradients: a replicated DTensor, whose full value every process has)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.student.parameters(), clip if clip > 0 else float("inf"))
+    grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, distributed.DTensor) else grad_norm
     if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
         training.optimizer.zero_grad(set_to_none=True)
         what = f"the loss is {loss}" if not math.isfinite(loss) else \
