@@ -137,7 +137,7 @@ def test_audio_honours_random_masking():
     ("train.log_every", 0, "train.log_every: must be >= 1"),
     ("optim.warmup_steps", -5, "optim.warmup_steps: must be >= 0"),
     ("train.keep_checkpoints", -1, "train.keep_checkpoints: must be >= 0"),
-    ("data.num_workers", -1, "data.num_workers: must be >= 0"),
+    ("data.num_workers", -2, "data.num_workers: must be >= 0, or -1"),
     ("model.image.patch_size", 0, "model.image.patch_size: must be in"),
     ("loss.beta", -1, "loss.beta: must be >= 0"),
 ])

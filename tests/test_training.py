@@ -127,13 +127,39 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, sm
         torch.testing.assert_close(before["student"][k], after["student"][k])
 
 
-@pytest.mark.slow  # about 80 s of compilation on 2 cores
-def test_compiled_student_trains_like_the_eager_one(tmp_path, small_overrides):
-    """train.compile: the student (encoder + decoder) through torch.compile; the same losses."""
-    o = small_overrides + ["train.max_steps=3", "train.batch_size=8"]
+def test_compiled_blocks_train_like_eager_ones_with_and_without_fsdp(tmp_path, small_overrides):
+    """train.compile: every transformer block (student and teacher) through torch.compile, in place;
+    the same losses, also under train.fsdp (about 50 s of compilation on 2 cores)."""
+    from data2vec2.modalities import MODALITIES
+    from data2vec2.nn.blocks import Block
+    from data2vec2.train.setup import setup_training
+
+    o = small_overrides + ["train.max_steps=3", "train.batch_size=8", "train.grad_accum=2"]
     pretrain(load_config("image-tiny", o), tmp_path / "eager", progress=False)
     pretrain(load_config("image-tiny", o + ["train.compile=true"]), tmp_path / "compiled", progress=False)
+    pretrain(load_config("image-tiny", o + ["train.compile=true", "train.fsdp=true"]), tmp_path / "sharded",
+             progress=False)
     np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
+    np.testing.assert_allclose(losses(tmp_path / "sharded"), losses(tmp_path / "eager"), rtol=1e-4)
+    training = setup_training(load_config("image-tiny", o + ["train.compile=true"]), MODALITIES["image"])
+    blocks = [m for m in training.model.modules() if isinstance(m, Block)]
+    assert len(blocks) == 2 * (training.config.model.depth + training.config.model.prenet_depth)
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    assert not any("_orig_mod" in name for name in training.model.state_dict())
+
+
+def test_data_workers_from_the_cpus(monkeypatch):
+    """data.num_workers=-1: the CPUs of this process, shared by the processes of the machine, less one
+    for each process itself, at most 8; a count given is kept."""
+    from data2vec2.train.setup import pick_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert pick_workers(3) == 3 and pick_workers(0) == 0
+    assert pick_workers(-1) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert pick_workers(-1) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert pick_workers(-1) == 0
 
 
 def test_activation_checkpointing_trains_exactly_like_keeping_the_activations(tmp_path, small_overrides):

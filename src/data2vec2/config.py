@@ -133,6 +133,7 @@ class DataConfig:
     train: str = ""  # what to pre-train on: a prepared set, a folder, a manifest (see the modality's docs)
     cache_dir: str = "cache"
     on_bad_file: str = "skip"  # skip (count it in the log) | stop
+    # DataLoader worker processes per training process; -1: from the CPUs (train/setup.py pick_workers)
     num_workers: int = 2
     limit: int = 0  # use only the first N training samples (0: all)
     # the active modality's own data keys (data.mean for images, ...), written and read flat
@@ -172,7 +173,9 @@ class TrainConfig:
     max_steps: int = 375_300  # updates; the cosine schedule reaches optim.min_lr here
     time_budget_s: float = 0.0  # stop (and checkpoint) after this many seconds; 0: no limit
     precision: str = "auto"  # auto | fp32 | bf16
-    compile: bool = False  # torch.compile the student encoder
+    # torch.compile each transformer block (student and teacher). Image shapes are fixed; a speech or
+    # text length that changes is compiled once more, then with a symbolic length (dynamo's default)
+    compile: bool = False
     # recompute each student block in the backward pass instead of keeping its activations: the same
     # result, less memory, one more forward pass of the blocks (large batches, the huge presets)
     activation_checkpointing: bool = False
@@ -257,7 +260,7 @@ class Config:
             (not train.init_from or self.objective == "data2vec2", "train.init_from",
              "holds a data2vec 2.0 student and teacher: only for objective=data2vec2"),
             (data.on_bad_file in ("skip", "stop"), "data.on_bad_file", "must be skip or stop"),
-            (data.num_workers >= 0, "data.num_workers", "must be >= 0"),
+            (data.num_workers >= -1, "data.num_workers", "must be >= 0, or -1 (from the CPUs)"),
             (data.limit >= 0, "data.limit", "must be >= 0 (0: all)"),
         ]
         for ok, key, message in checks + modality.check_config(self):

@@ -171,7 +171,7 @@ class Data2Vec2(nn.Module):
     # -- student --------------------------------------------------------------------------
     def forward_student(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor,
                         student: nn.Module | None = None) -> StudentOutput:
-        """`student`: a wrapped copy of `self.student` (DDP, compiled) to run instead."""
+        """`student`: `self.student` wrapped (DDP) to run instead."""
         return (student if student is not None else self.student)(inputs, mask, noise_seeds)
 
     # -- loss -----------------------------------------------------------------------------

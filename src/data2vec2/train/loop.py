@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .flops import count_update_flops, measure_matmul_flops
 from .logger import MetricsLogger
-from .setup import Training, setup_training
+from .setup import Training, pick_workers, setup_training
 from .signals import StopRequests
 from .step import NonFiniteUpdate, train_step
 
@@ -96,13 +96,14 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     info = training.dist
     sampler = ResumableSampler(len(dataset), training.micro_batch, info.world_size, info.rank, train.grad_accum,
                                train.seed, lengths=data.lengths)
+    workers = pick_workers(config.data.num_workers)
     # The loader's own generator: starting an epoch (iter(loader) draws the workers' base seed) must
     # not draw from the global generator, whose state a resumed run restores for dropout. Every
     # random draw of a sample comes from its own stream anyway (data/collate.py).
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=training.micro_batch, sampler=sampler, collate_fn=data.collate,
-        num_workers=config.data.num_workers, pin_memory=training.device.type == "cuda", drop_last=False,
-        persistent_workers=False, prefetch_factor=4 if config.data.num_workers > 0 else None,
+        num_workers=workers, pin_memory=training.device.type == "cuda", drop_last=False,
+        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(train.seed))
     batches = _batches(loader, sampler, data.collate, dataset, step)
 

@@ -1,6 +1,6 @@
 """Everything a training run needs before its first update: device, precision, processes, the
-model, the optimizer and its schedule, the compiled and DDP-wrapped (or FSDP-sharded) student. Nothing here knows
-the modality: its record builds the parts."""
+model with its compiled blocks, the DDP-wrapped (or FSDP-sharded) student, the optimizer and its
+schedule. Nothing here knows the modality: its record builds the parts."""
 
 from __future__ import annotations
 
@@ -91,6 +91,16 @@ def pick_threads(requested: int, resumed: int | None = None) -> int:
     return max(1, free_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def pick_workers(requested: int) -> int:
+    """DataLoader worker processes of this process: `requested` (data.num_workers) if >= 0; for -1
+    the CPUs this process may run on, shared among the training processes of this machine, less one
+    for the process itself, at most 8 (image decoding keeps up with one GPU at about that)."""
+    if requested >= 0:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed tensors' memory for the next ones instead of handing it
     back to the system. By default a buffer above its (adaptive) mmap threshold is a fresh mapping
@@ -130,7 +140,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 class Training:
     config: Config
     model: "Data2Vec2 | torch.nn.Module"  # the objective's model (objectives/build_model): Data2Vec2 by default
-    student: torch.nn.Module  # model.student, compiled and/or DDP-wrapped (or sharded in place): what the step runs
+    student: torch.nn.Module  # model.student, DDP-wrapped (or sharded in place by FSDP): what the step runs
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
@@ -159,7 +169,7 @@ class Training:
 def setup_training(config: Config, modality: "Modality", state: dict | None = None) -> Training:
     """The model (initialised from `train.seed`, the same on every process), AdamW and its
     schedule, restored from a checkpoint `state` when given; then the RNG of this process is set
-    (restored, or seeded with seed + rank) and the student compiled and wrapped."""
+    (restored, or seeded with seed + rank) and the student wrapped."""
     train = config.train
     device = pick_device(train.device)
     info = distributed.init_distributed(device.type, group_of_one=train.fsdp)
@@ -191,6 +201,11 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     if train.activation_checkpointing:
         for block in (m for m in model.student.modules() if isinstance(m, Block)):
             block.recompute_in_backward = True
+    if train.compile:
+        # each transformer block, the student's and the teacher's (almost all of the FLOPs), compiled
+        # in place: parameter names stay; dynamo leaves FSDP's hooks to run as they are
+        for block in (m for part in (model.student, model.teacher) for m in part.modules() if isinstance(m, Block)):
+            block.compile()
     if train.fsdp:
         shard_model(model, dtype)
     optimizer = build_optimizer(model.student, config.optim, device)  # of the sharded weights under FSDP
@@ -214,8 +229,6 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     else:
         torch.manual_seed(train.seed + info.rank)
     student = model.student
-    if train.compile:
-        student = torch.compile(student)
     if info.world_size > 1 and not train.fsdp:
         # a block skipped by layerdrop (on some processes only) leaves its weights without gradients
         student = DDP(student, device_ids=[device.index] if device.type == "cuda" else None,
