@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", nargs="+", default=["auto"], metavar="{auto,fp32,bf16}",
                    help="auto: what training would use here (bf16 where the CPU or GPU is fast at it)")
     p.add_argument("--compile", nargs="+", default=["off"], metavar="{off,on}",
-                   help="torch.compile the student (on: 3 warm-up updates instead of 1)")
+                   help="torch.compile each transformer block (on: 3 warm-up updates instead of 1)")
     p.add_argument("--steps", type=int, default=5, help="timed updates (the median is reported)")
     p.add_argument("--out", help="append the JSON lines to this file (e.g. docs/benchmarks/step_speed.jsonl)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=8")

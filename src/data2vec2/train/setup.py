@@ -203,7 +203,7 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
             block.recompute_in_backward = True
     if train.compile:
         # each transformer block, the student's and the teacher's (almost all of the FLOPs), compiled
-        # in place: parameter names stay; dynamo leaves FSDP's hooks to run as they are
+        # in place: parameter names stay, and FSDP's per-block hooks stay on the blocks
         for block in (m for part in (model.student, model.teacher) for m in part.modules() if isinstance(m, Block)):
             block.compile()
     if train.fsdp:
