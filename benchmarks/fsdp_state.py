@@ -10,9 +10,9 @@ about 1/W of the whole. Run it with torchrun for W > 1; each run adds its row to
 from __future__ import annotations
 
 import argparse
-import os
 import copy
 import json
+import os
 import time
 from pathlib import Path
 

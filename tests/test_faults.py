@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -169,6 +170,38 @@ def test_a_signal_saves_the_current_update_and_stops_the_workers(signum, tmp_pat
     assert read_metrics(metrics)[-1]["step"] == state["step"]
     left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid).count(str(run))]
     assert not left, "DataLoader workers outlived the run"
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["unsharded", "sharded"])
+def test_sigterm_to_a_torchrun_job_saves_and_resumes(sharded, tmp_path, small_overrides):
+    """torchrun (like a scheduler) sends SIGTERM to each process's whole group, DataLoader workers
+    included: every process finishes the same update, it is saved (sharded or not), and the same
+    command resumes from it."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={29540 + sharded}", "-m", "data2vec2", "pretrain", "image-tiny", "--run-dir", str(run),
+               "--no-progress", *small_overrides, "train.batch_size=8", "train.checkpoint_every=10000",
+               "data.num_workers=1", f"train.fsdp={sharded}"]
+    p = subprocess.Popen(command + ["train.max_steps=10000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env, start_new_session=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    stopped = [int(m) for m in re.findall(r"stopped by SIGTERM at update (\d+)", err)]
+    assert len(stopped) == 2 and stopped[0] == stopped[1] >= 3, err[-3000:]
+    assert "DataLoader worker" not in err
+    saved = read_metrics(metrics)[-1]["step"]
+    assert saved == stopped[0]
+    last = run / "checkpoints" / ("last" if sharded else "last.pt")
+    assert last.exists()
+    r = subprocess.run(command + [f"train.max_steps={saved + 2}"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0 and f"resuming at update {saved}" in r.stdout, r.stderr[-3000:]
+    assert [row["step"] for row in read_metrics(metrics)][-3:] == [saved, saved + 1, saved + 2]
 
 
 def _cmdline(pid: str) -> str:

@@ -53,6 +53,14 @@ def _batches(loader, sampler: ResumableSampler, collate, dataset, start_step: in
         epoch, step_in_epoch = epoch + 1, 0
 
 
+def _leave_stops_to_training(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGINT and SIGTERM: the training process finishes its update,
+    saves it and then ends the workers. (torchrun, a scheduler or Ctrl-C signal the whole process
+    group, workers included; a worker that died of it would end the run before the save.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _check_resumable(config: Config, saved: dict, run_dir: Path, modality: "Modality") -> None:
     saved_config = config_from_dict(saved, {modality.name: modality}, saved=True, source=str(run_dir))
     a_all, b_all = config_to_dict(saved_config), config_to_dict(config)
@@ -104,6 +112,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
         dataset, batch_size=training.micro_batch, sampler=sampler, collate_fn=data.collate,
         num_workers=workers, pin_memory=training.device.type == "cuda", drop_last=False,
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_leave_stops_to_training,
         generator=torch.Generator().manual_seed(train.seed))
     batches = _batches(loader, sampler, data.collate, dataset, step)
 
