@@ -41,10 +41,14 @@ def cmd_presets(args) -> None:
 
 def cmd_pretrain(args) -> None:
     from . import load_config, pretrain
+    from .train import distributed
 
     config = load_config(args.preset, args.overrides)
     run = Path(args.run_dir or f"runs/{config.name}")
-    result = pretrain(config, run, resume=not args.no_resume, progress=not args.no_progress)
+    try:
+        result = pretrain(config, run, resume=not args.no_resume, progress=not args.no_progress)
+    finally:
+        distributed.cleanup()  # the process group (torchrun's, or train.fsdp's group of one)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps({k: v for k, v in result.items() if k != "last"} | {"last_loss": result["last"].get("loss")}))
 
