@@ -110,6 +110,18 @@ def test_torchrun_two_processes_match_one(tmp_path, small_overrides):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+def test_torchrun_with_layerdrop(tmp_path, small_overrides):
+    """model.layerdrop (audio-base's 0.05) on 2 DDP processes: each skips its own blocks, whose weights
+    then get no gradient there; DDP is told so and the run trains."""
+    o = small_overrides + ["train.max_steps=3", "train.batch_size=8", "model.layerdrop=0.5", "model.depth=4"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518",
+                        "-m", "data2vec2", "pretrain", "image-tiny", "--no-progress", "--run-dir", str(tmp_path / "run")]
+                       + o, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(losses(tmp_path / "run")) == 3
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, small_overrides, monkeypatch):
     from data2vec2.errors import TrainingError
     from data2vec2.model import Data2Vec2
