@@ -19,11 +19,13 @@
 #      and stay finite, and the resumed run must continue at update 100.
 #   4. The same for image-large with FSDP (train.fsdp, its preset's default) on this one GPU: 20
 #      updates, stopped at 10, resumed from the sharded (DCP) checkpoint: the code path, not a speed-up.
+#   5. (run before 3) Where the host waits for the GPU in one update of image-base and text-base:
+#      torch.cuda's sync debug mode names each wait (file:line).
 #
 # Output: JSON lines appended to docs/benchmarks/gpu-<GPU name, lower case, spaces -> dashes>.jsonl
 # (or --out FILE; a dry run writes to runs/gpu_check_dry/gpu-dry-run.jsonl unless --out is given,
 # never into docs/). Every line has "check" (benchmark | benchmark_failed | largest_batch | pretrain |
-# pretrain_fsdp | summary), "run" (the UTC start time of this check, shared by its lines), "dry_run", "commit" and
+# pretrain_fsdp | waits | summary), "run" (the UTC start time of this check, shared by its lines), "dry_run", "commit" and
 # "status" (ok | failed). Exit status: 0 when every step passed, 1 when one failed (its line says
 # why), 2 for a bad argument, 3 when a Python module is missing, 4 when no CUDA GPU is visible.
 set -euo pipefail
@@ -81,6 +83,7 @@ if [ "$DRY_RUN" = 1 ]; then
     FSDP_OVERRIDES="train.fsdp=true train.batch_size=8 optim.warmup_steps=1 train.checkpoint_every=2 train.log_every=1
                     data.num_workers=0 train.precision=$PRECISION train.time_budget_s=0"
     LIMIT_CHECK=60; LIMIT_IMAGES=30; LIMIT_LEG1=60; LIMIT_LEG2=60; LIMIT_FSDP1=60; LIMIT_FSDP2=60
+    WAITS_PRESETS="image-tiny text-tiny"; WAITS_OVERRIDES="train.batch_size=2"; LIMIT_WAITS=60
 else
     DEADLINE=470
     PRECISION=bf16
@@ -95,11 +98,11 @@ else
     # - audio-base: 64 utterances / 8 = 8 per GPU, the reference's 8 GPUs too. The reference batches by
     #   length, 1.0M samples (62.5 s of 16 kHz audio) per GPU: here 8 crops of 125,000 samples (7.8 s).
     # - text-base: 64 blocks of 512 tokens / 8 = 8 blocks per GPU (the reference: 4 per GPU on 16 GPUs).
-    BENCH=("image-base|train.batch_size=64|90"
-           "audio-base|train.batch_size=8 data.max_samples=125000|75"
-           "text-base|train.batch_size=8|50")
+    BENCH=("image-base|train.batch_size=64|85"
+           "audio-base|train.batch_size=8 data.max_samples=125000|70"
+           "text-base|train.batch_size=8|45")
     # step 2 doubles from step 1's image-base batch (SEARCH_KNOWN, which ran there)
-    SEARCH_PRESET=image-base; SEARCH_KNOWN=64; SEARCH_CAP=4096; SEARCH_LIMIT=50
+    SEARCH_PRESET=image-base; SEARCH_KNOWN=64; SEARCH_CAP=4096; SEARCH_LIMIT=35
     IMAGES=320; IMAGE_SIZE=224  # 10 batches of 32 per epoch, at the preset's 224 x 224
     PRETRAIN_PRESET=image-base; PRETRAIN_STOP=100; PRETRAIN_TOTAL=150
     # A check of training, not of speed: batch 32 (half of step 1's) so that both legs fit their time
@@ -112,9 +115,10 @@ else
     FSDP_OVERRIDES="train.fsdp=true train.batch_size=16 optim.lr=1e-4 optim.warmup_steps=4 train.checkpoint_every=10
                     train.log_every=1 data.num_workers=8 train.precision=$PRECISION"
     # step 4's legs build a 300M-parameter student and teacher and write (then read) 4.7 GB of shards
-    LIMIT_CHECK=20; LIMIT_IMAGES=10; LIMIT_LEG1=50; LIMIT_LEG2=35; LIMIT_FSDP1=50; LIMIT_FSDP2=45
-    # the limits: 20 (modules) + 90 + 75 + 50 (step 1) + 50 (step 2) + 10 + 50 + 35 (step 3) + 50 + 45 (step 4)
-    # = 475; DEADLINE (470) caps the last step
+    LIMIT_CHECK=15; LIMIT_IMAGES=10; LIMIT_LEG1=50; LIMIT_LEG2=30; LIMIT_FSDP1=50; LIMIT_FSDP2=45
+    WAITS_PRESETS="image-base text-base"; WAITS_OVERRIDES="train.batch_size=8"; LIMIT_WAITS=17
+    # the limits: 15 (modules) + 85 + 70 + 45 (step 1) + 35 (step 2) + 2 x 17 (step 5) + 10 + 50 + 30 (step 3)
+    # + 50 + 45 (step 4) = 469 < DEADLINE
 fi
 
 # ------------------------------------------------------------------------------------------------
@@ -272,8 +276,47 @@ def pretrain(out, run_dir, stop, total, leg1_rc, leg2_rc, leg1_log, leg2_log, *a
                  "status": "ok" if not problems else "failed", "problems": problems})
 
 
+def waits(out, preset, overrides, *args):
+    """The waits line: where the host waits for the GPU in one update that is not a logging step
+    (torch.cuda's sync debug mode warns at each), after a warm-up update, with a pinned batch as the
+    DataLoader gives. On a CPU there is no device to wait for: the update only runs."""
+    import warnings
+
+    import torch
+
+    import data2vec2
+    from data2vec2.modalities import MODALITIES
+    from data2vec2.train.setup import setup_training
+    from data2vec2.train.step import train_step
+
+    config = data2vec2.load_config(preset, overrides.split())
+    modality = MODALITIES[config.model.modality]
+    training = setup_training(config, modality)
+    batch, _ = modality.synthetic_batch(config)
+    cuda = training.device.type == "cuda"
+    if cuda:
+        batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    train_step(training, [batch], step=0)
+    row = {**fields(args), "preset": preset, "overrides": overrides, "device": str(training.device)}
+    if not cuda:
+        train_step(training, [batch], step=1)
+        append(out, {**row, "waits": None, "where": [], "status": "ok"})
+        return
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_step(training, [batch], step=1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    where = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    append(out, {**row, "waits": len(where), "where": where, "status": "ok"})
+
+
 if __name__ == "__main__":
-    {"line": line, "images": images, "search": search, "pretrain": pretrain}[sys.argv[1]](*sys.argv[2:])
+    {"line": line, "images": images, "search": search, "pretrain": pretrain, "waits": waits}[sys.argv[1]](
+        *sys.argv[2:])
 PY
 HELPER=("$PYTHON" "$WORK/helper.py")
 D2V=("$PYTHON" -m data2vec2)
@@ -419,6 +462,20 @@ if ! "${HELPER[@]}" search "$OUT" "$WORK/trials.tsv" check=largest_batch "${COMM
         "precision=$PRECISION" "compile:=false" || ! last_ok; then
     FAILED+=("largest batch")
 fi
+
+# ------------------------------------------------------------------------------------------------
+# 5 (first: it is short). Where the host waits for the GPU in one update of each base preset.
+echo "[gpu_check] 5. host waits for the device in one update of $WAITS_PRESETS"
+for preset in $WAITS_PRESETS; do
+    rc=0
+    run_limited "$(limit "$LIMIT_WAITS")" "$WORK/waits-$preset.log" "${HELPER[@]}" waits "$OUT" "$preset" \
+        "$WAITS_OVERRIDES $DEVICE train.precision=$PRECISION" check=waits "${COMMON[@]}" || rc=$?
+    if [ "$rc" != 0 ]; then
+        "${HELPER[@]}" line "$OUT" check=waits "${COMMON[@]}" "preset=$preset" status=failed \
+            "reason=$(reason "$rc" "$WORK/waits-$preset.log" "$LIMIT_WAITS")"
+        FAILED+=("waits $preset")
+    fi
+done
 
 # ------------------------------------------------------------------------------------------------
 # 3 and 4. Pre-training on generated images, stopped and resumed.

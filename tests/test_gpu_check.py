@@ -31,7 +31,8 @@ def test_dry_run_writes_every_line(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len({r["run"] for r in rows}) == 1 and all(r["dry_run"] is True for r in rows)
-    assert [r["check"] for r in rows] == ["benchmark"] * 3 + ["largest_batch", "pretrain", "pretrain_fsdp", "summary"]
+    assert [r["check"] for r in rows] == ["benchmark"] * 3 + ["largest_batch", "waits", "waits", "pretrain",
+                                                               "pretrain_fsdp", "summary"]
 
     bench = {r["preset"]: r for r in rows if r["check"] == "benchmark"}
     assert sorted(bench) == ["audio-tiny", "image-tiny", "text-tiny"]
@@ -54,6 +55,10 @@ def test_dry_run_writes_every_line(tmp_path):
     assert pre["loss_finite"] is True and pre["loss_falls"] is True and pre["loss_last"] < pre["loss_first"]
     assert len(pre["curve"]) == 6 and pre["loss_first"] == pytest.approx(sum(pre["curve"][:2]) / 2, rel=1e-3)
     assert {"last.pt", "step_000000003.pt", "step_000000006.pt"} <= set(pre["checkpoints"])
+
+    waits = [r for r in rows if r["check"] == "waits"]  # on a CPU: the update runs, no device to wait for
+    assert [(r["preset"], r["status"], r["waits"], r["device"]) for r in waits] == [
+        ("image-tiny", "ok", None, "cpu"), ("text-tiny", "ok", None, "cpu")]
 
     (fsdp,) = [r for r in rows if r["check"] == "pretrain_fsdp"]  # sharded checkpoints are folders
     assert fsdp["status"] == "ok" and fsdp["problems"] == [] and "train.fsdp=true" in fsdp["overrides"]

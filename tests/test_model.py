@@ -78,13 +78,27 @@ def test_targets_do_not_depend_on_student_masks_and_repeat_sample_major():
     model.elementwise_loss = orig
     M = config.masking.num_masks
     y_rep = y.repeat_interleave(M, 0)
-    torch.testing.assert_close(captured[0], y_rep[mask_a])
-    torch.testing.assert_close(captured[2], y_rep[mask_b])
+    # the loss sees every position's target (and keeps the masked ones by a product with the mask)
+    torch.testing.assert_close(captured[0], y_rep)
+    torch.testing.assert_close(captured[2], y_rep)
     # rows b*M .. b*M+M-1 all carry sample b's targets
     for b in range(images.shape[0]):
         for j in range(M):
             assert torch.equal(y_rep[b * M + j], y[b])
     torch.testing.assert_close(model.forward_targets(images), y)  # the student's masks never reach the teacher
+
+
+def test_the_regression_loss_sums_the_masked_positions_only():
+    """The masked sum (a product with the mask, no gather: train/step.py makes the host wait for
+    nothing) equals the sum over the gathered masked positions."""
+    model, config = small_model()
+    model.eval()  # no dropout: the student runs the same twice
+    images, mask, seeds = batch(config)
+    out = model(images, mask, seeds, with_metrics=True)
+    pred = model.forward_student(images, mask, seeds).pred.float()
+    y = model.forward_targets(images).repeat_interleave(config.masking.num_masks, 0)
+    gathered = ((pred[mask] - y[mask]) ** 2 * model.loss_scale).sum() / mask.sum()
+    torch.testing.assert_close(out.metrics["reg_loss"], gathered, rtol=1e-6, atol=0)
 
 
 def test_targets_are_normalised_ffn_outputs_of_top_k_shared_blocks():

@@ -39,9 +39,13 @@ class MaskInfo:
     ids_restore: Tensor  # (N, T): position of each original token in [kept..., masked...]
 
     @staticmethod
-    def from_mask(mask: Tensor) -> "MaskInfo":
-        """mask: (N, T) bool, True = masked; every row must mask the same number of tokens."""
-        num_keep = mask.shape[1] - int(mask[0].sum())
+    def from_mask(mask: Tensor, masked_per_row: int | None = None) -> "MaskInfo":
+        """mask: (N, T) bool, True = masked; every row must mask the same number of tokens,
+        `masked_per_row`: that number where the caller knows it (counted on the CPU copy of the
+        mask), so that the host need not wait for the device to count it."""
+        if masked_per_row is None:
+            masked_per_row = int(mask[0].sum())
+        num_keep = mask.shape[1] - masked_per_row
         ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # kept first
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         return MaskInfo(ids_keep=ids_shuffle[:, :num_keep], ids_restore=ids_restore)

@@ -86,9 +86,10 @@ class Student(nn.Module):
             self.mask_embedding = nn.Parameter(torch.empty(config.model.embed_dim))
             nn.init.trunc_normal_(self.mask_embedding, std=0.02)
 
-    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor) -> StudentOutput:
-        """inputs: (B, ...); mask: (B*M, T) bool, True = masked, the same count in every row;
-        noise_seeds: (B,) int64, one per sample."""
+    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor,
+                masked_per_row: int | None = None) -> StudentOutput:
+        """inputs: (B, ...); mask: (B*M, T) bool, True = masked, the same count in every row
+        (`masked_per_row`, if known); noise_seeds: (B,) int64, one per sample."""
         local_features = self.encoder.local_features(inputs)  # (B, T, D)
         padding = self.encoder.local_encoder.padding_mask(inputs)
         if not self.drop_masked:  # every token encoded; the decoder sees the encoder's output everywhere
@@ -97,7 +98,7 @@ class Student(nn.Module):
             x = F.dropout(encoded, self.decoder_input_dropout, self.training)
             pred = self.decoder(x[:, self.encoder.num_extra_tokens:])
             return StudentOutput(local_features=local_features, encoded=encoded, pred=pred)
-        info = MaskInfo.from_mask(mask)
+        info = MaskInfo.from_mask(mask, masked_per_row)
         encoded = self.encoder.forward_masked(local_features, info, self.num_masks, padding).x
         x = F.dropout(encoded, self.decoder_input_dropout, self.training)
         kept = x[:, self.encoder.num_extra_tokens:]  # (B*M, T_keep, D)
@@ -169,10 +170,10 @@ class Data2Vec2(nn.Module):
         return normalize(y, targets.final_norm, padding)
 
     # -- student --------------------------------------------------------------------------
-    def forward_student(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor,
-                        student: nn.Module | None = None) -> StudentOutput:
+    def forward_student(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor, student: nn.Module | None = None,
+                        masked_per_row: int | None = None) -> StudentOutput:
         """`student`: `self.student` wrapped (DDP) to run instead."""
-        return (student if student is not None else self.student)(inputs, mask, noise_seeds)
+        return (student if student is not None else self.student)(inputs, mask, noise_seeds, masked_per_row)
 
     # -- loss -----------------------------------------------------------------------------
     def elementwise_loss(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -193,7 +194,9 @@ class Data2Vec2(nn.Module):
         M = self.config.masking.num_masks
         y_rep = targets.repeat_interleave(M, dim=0)  # (B*M, T, D), the clones' sample-major order
         num_masked = mask.sum()
-        reg = self.elementwise_loss(out.pred[mask], y_rep[mask]).sum()
+        # the masked positions' sum, as a product with the mask rather than a gather of them: a
+        # gather's size is a count the host would wait for the device to make
+        reg = (self.elementwise_loss(out.pred, y_rep) * mask.unsqueeze(-1)).sum()
         loss_sum = reg
         metrics: dict[str, Tensor] = {}
         cls_weight = self.config.loss.cls_weight
@@ -219,10 +222,12 @@ class Data2Vec2(nn.Module):
         return LossOutput(loss=loss_sum / update_masked, num_masked=num_masked, metrics=metrics)
 
     def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor, update_masked: float | None = None,
-                student: nn.Module | None = None, with_metrics: bool = False) -> LossOutput:
+                student: nn.Module | None = None, with_metrics: bool = False,
+                masked_per_row: int | None = None) -> LossOutput:
         """One micro-batch: student, targets, loss. `update_masked` defaults to this micro-batch's
-        own masked count (an update of one micro-batch on one process)."""
-        out = self.forward_student(inputs, mask, noise_seeds, student)
+        own masked count (an update of one micro-batch on one process). `masked_per_row`: the
+        masked count of each row of `mask`, where the caller knows it (train/step.py)."""
+        out = self.forward_student(inputs, mask, noise_seeds, student, masked_per_row)
         targets = self.forward_targets(inputs, out.local_features)
         if update_masked is None:
             update_masked = float(mask.sum())

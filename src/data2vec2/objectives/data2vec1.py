@@ -46,8 +46,10 @@ class Data2Vec1Student(nn.Module):
         nn.init.trunc_normal_(self.mask_embedding, std=0.02)  # the reference's mask_emb init
         self.head = projection(D, D, config.decoder.projection_layers)  # final_proj / regression_head
 
-    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor) -> StudentOutput:
-        """inputs: (B, ...); mask: (B*M, T) bool, True = masked; noise_seeds: unused (no noise)."""
+    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor,
+                masked_per_row: int | None = None) -> StudentOutput:
+        """inputs: (B, ...); mask: (B*M, T) bool, True = masked; noise_seeds and masked_per_row:
+        unused (no noise; every token is encoded)."""
         local_features = self.encoder.local_features(inputs)  # (B, T, D)
         padding = self.encoder.local_encoder.padding_mask(inputs)
         encoded = self.encoder.forward_mask_embedded(local_features, mask, self.num_masks, self.mask_embedding,

@@ -57,9 +57,11 @@ class MAEStudent(nn.Module):
                     nn.init.xavier_uniform_(m.weight)
                     nn.init.zeros_(m.bias)
 
-    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor) -> StudentOutput:
-        """inputs: (B, C, H, W); mask: (B, T) bool, True = masked; noise_seeds: unused."""
-        info = MaskInfo.from_mask(mask)
+    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor,
+                masked_per_row: int | None = None) -> StudentOutput:
+        """inputs: (B, C, H, W); mask: (B, T) bool, True = masked (`masked_per_row` in each row, if
+        known); noise_seeds: unused."""
+        info = MaskInfo.from_mask(mask, masked_per_row)
         local_features = self.encoder.local_features(inputs)  # (B, T, D)
         encoded = self.encoder.forward_masked(local_features, info, 1).x  # (B, extra + T_keep, D)
         kept = self.embed(encoded[:, self.encoder.num_extra_tokens:])  # (B, T_keep, d)
@@ -79,10 +81,11 @@ class MAE(TeacherlessModel):
         super().__init__(MAEStudent(encoder, config), config, "MAE encodes one masked view per image")
 
     def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor, update_masked: float | None = None,
-                student: nn.Module | None = None, with_metrics: bool = False) -> LossOutput:
+                student: nn.Module | None = None, with_metrics: bool = False,
+                masked_per_row: int | None = None) -> LossOutput:
         """The summed per-patch MSE of the masked patches over `update_masked`, the masked-patch
         count of the whole update (so an update's gradient is that of its mean)."""
-        out = (student if student is not None else self.student)(inputs, mask, noise_seeds)
+        out = (student if student is not None else self.student)(inputs, mask, noise_seeds, masked_per_row)
         target = normalized_patches(self.encoder.local_encoder.patch_values(inputs).float())  # (B, T, P)
         num_masked = mask.sum()
         per_patch = F.mse_loss(out.pred.float()[mask], target[mask], reduction="none").mean(dim=-1)

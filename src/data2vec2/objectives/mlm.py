@@ -70,9 +70,10 @@ class MLM(TeacherlessModel):
         super().__init__(MLMStudent(encoder, config), config, "MLM corrupts each sequence once")
 
     def forward(self, tokens: Tensor, mask: Tensor, noise_seeds: Tensor, update_masked: float | None = None,
-                student: nn.Module | None = None, with_metrics: bool = False) -> LossOutput:
+                student: nn.Module | None = None, with_metrics: bool = False,
+                masked_per_row: int | None = None) -> LossOutput:
         """Summed cross-entropy at the chosen tokens over `update_masked`, the chosen-token count of
-        the whole update."""
+        the whole update. (`masked_per_row`: unused; the chosen count varies by row.)"""
         out = (student if student is not None else self.student)(tokens, mask, noise_seeds)
         logits = out.pred.float()  # (N chosen, V)
         loss = F.cross_entropy(logits, tokens[mask], reduction="sum")

@@ -47,7 +47,7 @@ def train_step(training: Training, micro_batches: list[dict], step: int, with_me
         with contextlib.nullcontext() if last else training.no_sync():
             with training.autocast():
                 out = model(inputs, mask, batch["noise_seed"], update_masked, student=student,
-                            with_metrics=with_metrics)
+                            with_metrics=with_metrics, masked_per_row=int(batch["mask"][0].sum()))
             # DDP and FSDP average the gradients over the W processes; * W makes them those of the sum
             (out.loss * world if world > 1 else out.loss).backward()
         loss_total += out.loss.detach()
