@@ -160,6 +160,23 @@ def test_compiled_blocks_train_like_eager_ones_with_and_without_fsdp(tmp_path, s
     assert not any("_orig_mod" in name for name in training.model.state_dict())
 
 
+def test_gpu_process_groups_carry_host_scalars_too(monkeypatch):
+    """On CUDA the group has NCCL for GPU tensors and gloo for the step's host scalars (masked
+    counts, the loss), which NCCL alone would refuse at the first update."""
+    from data2vec2.train import distributed
+
+    backends = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: backends.append(backend))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", lambda index: None)
+    distributed.init_distributed("cuda")
+    distributed.init_distributed("cpu")
+    assert backends == ["cuda:nccl,cpu:gloo", "gloo"]
+
+
 def test_data_workers_from_the_cpus(monkeypatch):
     """data.num_workers=-1: the CPUs of this process, shared by the processes of the machine, less one
     for each process itself, at most 8; a count given is kept."""

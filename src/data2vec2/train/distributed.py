@@ -1,5 +1,6 @@
 """torchrun support: `torchrun --nproc_per_node=N -m data2vec2 pretrain ...` sets the environment
-variables read here. gloo on CPU, NCCL on CUDA. Nothing is launched by hand."""
+variables read here. gloo on CPU; on CUDA, NCCL for GPU tensors and gloo for the host's. Nothing
+is launched by hand."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ class DistInfo:
 
 def init_distributed(device_type: str, group_of_one: bool = False) -> DistInfo:
     """The process group of torchrun's processes. Without torchrun: none, or with `group_of_one`
-    (FSDP needs a group even alone) a group of this one process."""
+    (FSDP needs a group even alone) a group of this one process. On CUDA, GPU tensors go over
+    NCCL and the host's own scalars (masked counts, the loss) over gloo, which NCCL does not carry."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    backend = "nccl" if device_type == "cuda" else "gloo"
+    backend = "cuda:nccl,cpu:gloo" if device_type == "cuda" else "gloo"
     if world <= 1:
         if group_of_one and not dist.is_initialized():
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)

@@ -6,6 +6,8 @@
 
 The host waits for the device once per update (the loss and the gradient norm: a non-finite one is
 refused before the optimizer step); health metrics are computed only when asked for (logging steps).
+With torchrun on GPUs the scalar sums of the host (masked counts, losses) go over gloo, the
+tensors' over NCCL (train/distributed.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class NonFiniteUpdate(TrainingError):
 @dataclass
 class StepResult:
     loss: float  # the update's mean loss over its masked tokens (all processes)
-    grad_norm: torch.Tensor  # before clipping
+    grad_norm: torch.Tensor  # before clipping (on the CPU)
     tau: float  # the EMA decay used for the teacher after this update
     metrics: dict[str, float] = field(default_factory=dict)  # health metrics, on logging steps only
 
@@ -54,12 +56,14 @@ def train_step(training: Training, micro_batches: list[dict], step: int, with_me
         for name, value in out.metrics.items():
             metric_sums[name] = metric_sums.get(name, 0.0) + value / len(micro_batches)
 
-    loss = float(distributed.all_reduce_sum(loss_total.cpu()))
     clip = training.config.optim.clip_norm
     # the norm before clipping; after DDP's all-reduce it is the same on every process (sharded
     # gradients: a replicated DTensor, whose full value every process has)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.student.parameters(), clip if clip > 0 else float("inf"))
     grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, distributed.DTensor) else grad_norm
+    # the update's one wait for the device: this process's loss and the norm, copied together
+    local_loss, grad_norm = torch.stack([loss_total, grad_norm.to(loss_total.dtype)]).cpu().unbind()
+    loss = float(distributed.all_reduce_sum(local_loss))
     if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
         training.optimizer.zero_grad(set_to_none=True)
         what = f"the loss is {loss}" if not math.isfinite(loss) else \
