@@ -194,8 +194,8 @@ def _load_sharded_checkpoint(folder: Path, modalities: Mapping[str, "Modality"])
 def load_encoder_and_config(path: str | Path, modalities: Mapping[str, "Modality"]) -> tuple[Encoder, Config]:
     """The encoder (eval mode) and config of an export folder, a run folder (its last checkpoint),
     a checkpoint file or a sharded checkpoint folder. Training checkpoints give the *student*
-    encoder, as fine-tuning in the reference does. `modalities`: the records it may be (a command that needs one modality passes
-    only that one, and any other is an error naming both)."""
+    encoder, as fine-tuning in the reference does. `modalities`: the records it may be (a command
+    that needs one modality passes only that one, and any other is an error naming both)."""
     path = Path(path)
     if (path / "config.json").exists():
         return _load_export(path, modalities)
