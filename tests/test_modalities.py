@@ -138,6 +138,22 @@ def test_resume_reproduces_an_uninterrupted_run(tiny, tmp_path):
             assert torch.equal(a[part][name], b[part][name]), f"{part}.{name}"
 
 
+def test_sharded_training_matches_unsharded_in_every_modality(tiny, tmp_path):
+    """train.fsdp in one process, stopped after 2 updates and resumed from its sharded checkpoint:
+    the losses and the student encoder of the unsharded run (dropouts on)."""
+    preset, overrides = tiny
+    o = overrides + ["train.max_steps=4", "train.checkpoint_every=2"]
+    data2vec2.pretrain(data2vec2.load_config(preset, o), tmp_path / "plain", progress=False)
+    sharded = data2vec2.load_config(preset, o + ["train.fsdp=true"])
+    data2vec2.pretrain(sharded, tmp_path / "sharded", progress=False, max_steps=2)
+    data2vec2.pretrain(sharded, tmp_path / "sharded", progress=False)
+    losses = {run: [r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl")] for run in ("plain", "sharded")}
+    np.testing.assert_allclose(losses["sharded"], losses["plain"], rtol=1e-5)
+    a, b = data2vec2.load_encoder(tmp_path / "sharded"), data2vec2.load_encoder(tmp_path / "plain")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_the_benchmark_command_times_every_modality(tiny, tmp_path, capsys):
     from data2vec2.cli import main
 
