@@ -35,14 +35,17 @@ def normalize(x: Tensor, kind: str, padding_mask: Tensor | None = None) -> Tenso
     eps 1e-5); "layer": per token over C (no affine, eps 1e-5); "none": unchanged.
     `padding_mask` (B, T), True = padding: instance statistics use only the other tokens (a
     deliberate fix: the reference's `instance_norm` includes padding)."""
-    if kind == "instance" and padding_mask is not None and bool(padding_mask.any()):
+    if kind == "instance":
+        plain = F.instance_norm(x.transpose(1, 2)).transpose(1, 2)
+        if padding_mask is None:
+            return plain
         keep = (~padding_mask).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         count = keep.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, 1)
         mean = (x * keep).sum(dim=1, keepdim=True) / count
         var = ((x - mean) ** 2 * keep).sum(dim=1, keepdim=True) / count  # biased, as instance_norm
-        return (x - mean) / torch.sqrt(var + 1e-5)
-    if kind == "instance":
-        return F.instance_norm(x.transpose(1, 2)).transpose(1, 2)
+        # a batch without padding keeps instance_norm's own result; the choice is made on the
+        # device, so that the host need not wait to learn whether the batch has padding
+        return torch.where(padding_mask.any(), (x - mean) / torch.sqrt(var + 1e-5), plain)
     if kind == "layer":
         return F.layer_norm(x, x.shape[-1:])
     return x
