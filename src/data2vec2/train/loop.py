@@ -149,7 +149,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     # a signal ends the loop after the current update (saved); the workers end with the loop
     with StopRequests() as stop, contextlib.closing(batches), bar, logger:
         while step < total_steps:
-            if stop.asked(training.device):
+            if stop.asked():
                 _stop(training, step, saved_step, run_dir, stop.received or signal.SIGTERM)
             micro_batches = [next(batches) for _ in range(train.grad_accum)]
             _report_unreadable(micro_batches, config, len(dataset), skipped, info.is_main)

@@ -36,10 +36,10 @@ class StopRequests:
             signal.signal(s, handler)
         self.previous = {}
 
-    def asked(self, device: torch.device) -> bool:
-        """Whether any process received a signal (every process of a torchrun job agrees; one
-        process alone needs no tensor, and so no wait for the device)."""
+    def asked(self) -> bool:
+        """Whether any process received a signal (every process of a torchrun job agrees). The
+        flag is a host tensor (gloo, also beside NCCL): no wait for the device."""
         if not distributed.is_distributed():
             return self.received is not None
-        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
+        flag = torch.tensor([1.0 if self.received is not None else 0.0])
         return bool(distributed.all_reduce_sum(flag).item() > 0)
