@@ -14,13 +14,13 @@
 #   1. `data2vec2 benchmark` of image-base, audio-base and text-base at a per-GPU batch of their
 #      pre-training (below), bf16, --compile off on: step time, samples/s, MFU, peak memory.
 #   2. The largest image-base batch that fits in GPU memory: doubling until CUDA runs out of memory.
-#   3. A 150-update image-base pre-training on generated images: 100 updates (with checkpoints),
+#   3. Where the host waits for the GPU in one update of image-base and text-base: torch.cuda's sync
+#      debug mode names each wait (file:line).
+#   4. A 150-update image-base pre-training on generated images: 100 updates (with checkpoints),
 #      stopped, then resumed by `data2vec2 pretrain` to 150; from metrics.jsonl, the loss must fall
 #      and stay finite, and the resumed run must continue at update 100.
-#   4. The same for image-large with FSDP (train.fsdp, its preset's default) on this one GPU: 20
+#   5. The same for image-large with FSDP (train.fsdp, its preset's default) on this one GPU: 20
 #      updates, stopped at 10, resumed from the sharded (DCP) checkpoint: the code path, not a speed-up.
-#   5. (run before 3) Where the host waits for the GPU in one update of image-base and text-base:
-#      torch.cuda's sync debug mode names each wait (file:line).
 #
 # Output: JSON lines appended to docs/benchmarks/gpu-<GPU name, lower case, spaces -> dashes>.jsonl
 # (or --out FILE; a dry run writes to runs/gpu_check_dry/gpu-dry-run.jsonl unless --out is given,
@@ -110,15 +110,15 @@ else
     # to 2.5e-4, with a warmup of 10 % of the 150 updates instead of the preset's 50,040.
     PRETRAIN_OVERRIDES="train.batch_size=32 optim.lr=2.5e-4 optim.warmup_steps=15 train.checkpoint_every=50
                         train.log_every=1 data.num_workers=8 train.precision=$PRECISION"
-    # image-large (FSDP by its preset) at batch 16, its peak LR 1e-3 (for 2,048 images) scaled to 1e-4
+    # image-large (FSDP by its preset) at batch 16: its peak LR, 4e-4 for 512 images, scaled by sqrt(16 / 512)
     FSDP_PRESET=image-large; FSDP_STOP=10; FSDP_TOTAL=20
-    FSDP_OVERRIDES="train.fsdp=true train.batch_size=16 optim.lr=1e-4 optim.warmup_steps=4 train.checkpoint_every=10
+    FSDP_OVERRIDES="train.fsdp=true train.batch_size=16 optim.lr=7e-5 optim.warmup_steps=4 train.checkpoint_every=10
                     train.log_every=1 data.num_workers=8 train.precision=$PRECISION"
-    # step 4's legs build a 300M-parameter student and teacher and write (then read) 4.7 GB of shards
+    # step 5's legs build a 300M-parameter student and teacher and write (then read) 4.7 GB of shards
     LIMIT_CHECK=15; LIMIT_IMAGES=10; LIMIT_LEG1=50; LIMIT_LEG2=30; LIMIT_FSDP1=50; LIMIT_FSDP2=45
     WAITS_PRESETS="image-base text-base"; WAITS_OVERRIDES="train.batch_size=8"; LIMIT_WAITS=17
-    # the limits: 15 (modules) + 85 + 70 + 45 (step 1) + 35 (step 2) + 2 x 17 (step 5) + 10 + 50 + 30 (step 3)
-    # + 50 + 45 (step 4) = 469 < DEADLINE
+    # the limits: 15 (modules) + 85 + 70 + 45 (step 1) + 35 (step 2) + 2 x 17 (step 3) + 10 + 50 + 30 (step 4)
+    # + 50 + 45 (step 5) = 469 < DEADLINE
 fi
 
 # ------------------------------------------------------------------------------------------------
@@ -464,8 +464,8 @@ if ! "${HELPER[@]}" search "$OUT" "$WORK/trials.tsv" check=largest_batch "${COMM
 fi
 
 # ------------------------------------------------------------------------------------------------
-# 5 (first: it is short). Where the host waits for the GPU in one update of each base preset.
-echo "[gpu_check] 5. host waits for the device in one update of $WAITS_PRESETS"
+# 3. Where the host waits for the GPU in one update of image-base and text-base.
+echo "[gpu_check] 3. host waits for the device in one update of $WAITS_PRESETS"
 for preset in $WAITS_PRESETS; do
     rc=0
     run_limited "$(limit "$LIMIT_WAITS")" "$WORK/waits-$preset.log" "${HELPER[@]}" waits "$OUT" "$preset" \
@@ -478,7 +478,7 @@ for preset in $WAITS_PRESETS; do
 done
 
 # ------------------------------------------------------------------------------------------------
-# 3 and 4. Pre-training on generated images, stopped and resumed.
+# 4 and 5. Pre-training on generated images, stopped and resumed.
 # pretrain_and_resume CHECK PRESET STOP TOTAL LIMIT1 LIMIT2 OVERRIDE...: STOP updates (checkpoints on
 # the way) of a run whose schedule is TOTAL updates long, stopped there; then `data2vec2 pretrain` on
 # the same run folder resumes from its checkpoint to TOTAL; the helper writes the line CHECK. The
@@ -517,11 +517,11 @@ print(json.dumps({k: v for k, v in result.items() if k != "last"}))' \
 IMAGES_RC=0
 run_limited "$(limit "$LIMIT_IMAGES")" "$WORK/images.log" "${HELPER[@]}" images "$WORK/images" "$IMAGES" "$IMAGE_SIZE" 0 \
     || IMAGES_RC=$?
-echo "[gpu_check] 3. $PRETRAIN_PRESET pre-training, $PRETRAIN_TOTAL updates: stop at $PRETRAIN_STOP, resume"
+echo "[gpu_check] 4. $PRETRAIN_PRESET pre-training, $PRETRAIN_TOTAL updates: stop at $PRETRAIN_STOP, resume"
 # shellcheck disable=SC2086  # the overrides are a list of words
 pretrain_and_resume pretrain "$PRETRAIN_PRESET" "$PRETRAIN_STOP" "$PRETRAIN_TOTAL" "$LIMIT_LEG1" "$LIMIT_LEG2" \
     $PRETRAIN_OVERRIDES
-echo "[gpu_check] 4. $FSDP_PRESET pre-training with FSDP, $FSDP_TOTAL updates: stop at $FSDP_STOP, resume"
+echo "[gpu_check] 5. $FSDP_PRESET pre-training with FSDP, $FSDP_TOTAL updates: stop at $FSDP_STOP, resume"
 # shellcheck disable=SC2086
 pretrain_and_resume pretrain_fsdp "$FSDP_PRESET" "$FSDP_STOP" "$FSDP_TOTAL" "$LIMIT_FSDP1" "$LIMIT_FSDP2" \
     $FSDP_OVERRIDES
