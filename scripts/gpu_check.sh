@@ -24,10 +24,11 @@
 #
 # Output: JSON lines appended to docs/benchmarks/gpu-<GPU name, lower case, spaces -> dashes>.jsonl
 # (or --out FILE; a dry run writes to runs/gpu_check_dry/gpu-dry-run.jsonl unless --out is given,
-# never into docs/). Every line has "check" (benchmark | benchmark_failed | largest_batch | pretrain |
-# pretrain_fsdp | waits | summary), "run" (the UTC start time of this check, shared by its lines), "dry_run", "commit" and
-# "status" (ok | failed). Exit status: 0 when every step passed, 1 when one failed (its line says
-# why), 2 for a bad argument, 3 when a Python module is missing, 4 when no CUDA GPU is visible.
+# never into docs/). Every line has "check" (benchmark | benchmark_failed | largest_batch | waits |
+# pretrain | pretrain_fsdp | summary), "run" (the UTC start time of this check, shared by its
+# lines), "dry_run", "commit" and "status" (ok | failed). Exit status: 0 when every step passed, 1
+# when one failed (its line says why), 2 for a bad argument, 3 when a Python module is missing, 4
+# when no CUDA GPU is visible.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -515,8 +516,8 @@ print(json.dumps({k: v for k, v in result.items() if k != "last"}))' \
 }
 
 IMAGES_RC=0
-run_limited "$(limit "$LIMIT_IMAGES")" "$WORK/images.log" "${HELPER[@]}" images "$WORK/images" "$IMAGES" "$IMAGE_SIZE" 0 \
-    || IMAGES_RC=$?
+run_limited "$(limit "$LIMIT_IMAGES")" "$WORK/images.log" "${HELPER[@]}" images "$WORK/images" "$IMAGES" \
+    "$IMAGE_SIZE" 0 || IMAGES_RC=$?
 echo "[gpu_check] 4. $PRETRAIN_PRESET pre-training, $PRETRAIN_TOTAL updates: stop at $PRETRAIN_STOP, resume"
 # shellcheck disable=SC2086  # the overrides are a list of words
 pretrain_and_resume pretrain "$PRETRAIN_PRESET" "$PRETRAIN_STOP" "$PRETRAIN_TOTAL" "$LIMIT_LEG1" "$LIMIT_LEG2" \
