@@ -160,6 +160,21 @@ def test_compiled_blocks_train_like_eager_ones_with_and_without_fsdp(tmp_path, s
     assert not any("_orig_mod" in name for name in training.model.state_dict())
 
 
+def test_cuda_out_of_memory_is_one_line_with_advice(monkeypatch, capsys):
+    import data2vec2.api
+    from data2vec2.cli import main
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore advice")
+
+    monkeypatch.setattr(data2vec2.api, "pretrain", out_of_memory)
+    monkeypatch.setattr(data2vec2, "pretrain", out_of_memory)
+    assert main(["pretrain", "image-tiny", "--run-dir", "unused"]) == 3
+    err = capsys.readouterr().err
+    assert "ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in err
+    assert "train.grad_accum" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_gpu_process_groups_carry_host_scalars_too(monkeypatch):
     """On CUDA the group has NCCL for GPU tensors and gloo for the step's host scalars (masked
     counts, the loss), which NCCL alone would refuse at the first update."""

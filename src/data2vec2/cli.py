@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    import torch  # (every command uses it; here for its out-of-memory error)
+
     try:
         if hasattr(args, "modality"):
             args.func(args, args.modality)
@@ -215,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         print("data2vec2: interrupted; the last checkpoint on disk is complete (resume with the same command)",
               file=sys.stderr)
         return 130
+    except torch.cuda.OutOfMemoryError as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else "CUDA out of memory"
+        print(f"data2vec2: error: the GPU ran out of memory ({first}). Use a smaller micro-batch: lower "
+              f"train.batch_size, or raise train.grad_accum (the same update in more steps), or set "
+              f"train.activation_checkpointing=true; the last checkpoint on disk is complete", file=sys.stderr)
+        return 3
     return 0
 
 
