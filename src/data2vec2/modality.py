@@ -35,8 +35,9 @@ class Modality:
     local_encoder: Callable[[Any], nn.Module]
     # (config) -> the decoder that fills masked positions back in
     decoder: Callable[[Any], nn.Module]
-    # (config) -> the dataset, collate and FLOP count of pre-training
-    pretraining_data: Callable[[Any], PretrainingData]
+    # (config, progress=True) -> the dataset, collate and FLOP count of pre-training; `progress`:
+    # whether preparing them (tokenising text, say) shows progress bars
+    pretraining_data: Callable[..., PretrainingData]
     # (config) -> (a batch of train.batch_size random samples of the preset's size through the real
     # collate, the length to give step_flops): what `data2vec2 benchmark` times
     synthetic_batch: Callable[[Any], tuple[dict, int]]

@@ -96,7 +96,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     if state is not None:
         _check_resumable(config, state["config"], run_dir, modality)
 
-    data = modality.pretraining_data(config)
+    data = modality.pretraining_data(config, progress=progress and os.environ.get("RANK", "0") == "0")
     dataset = ReplaceUnreadable(data.dataset, train.seed) if config.data.on_bad_file == "skip" else data.dataset
     training = setup_training(config, modality, state)
     step = int(state["step"]) if state is not None else 0

@@ -207,7 +207,7 @@ class AudioMaskingCollate(MaskingCollate):
         return torch.stack(waves), masks  # (B, L)
 
 
-def pretraining_data(config: Config) -> PretrainingData:
+def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
     data = config.data
     source = open_audio_source(data.train, min_samples=data.min_samples, on_bad_file=data.on_bad_file)
     if data.limit > 0:

@@ -438,7 +438,7 @@ class ImageMaskingCollate(MaskingCollate):
         return torch.stack([s["inputs"] for s in items]), masks  # (B, C, H, W)
 
 
-def pretraining_data(config: Config) -> PretrainingData:
+def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
     data, settings = config.data, config.model.image
     source = open_source(config, data.train)
     if data.limit > 0:

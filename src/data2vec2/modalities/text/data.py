@@ -348,8 +348,8 @@ def prepare_token_cache(config: Config, progress: bool = True) -> tuple[Path, Pa
     return tokenizer, folder
 
 
-def pretraining_data(config: Config) -> PretrainingData:
-    _, folder = prepare_token_cache(config)
+def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
+    _, folder = prepare_token_cache(config, progress=progress)
     _, meta = open_tokens(folder)
     if meta["bad_files"] and config.data.on_bad_file == "stop":
         raise DataError(f"{meta['bad_files'][0]} (data.on_bad_file=stop; set it to skip to go on)")
