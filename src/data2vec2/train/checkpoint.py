@@ -26,7 +26,7 @@ except ImportError:  # not POSIX
 import torch
 
 from ..errors import TrainingError
-from .distributed import barrier, local_part
+from .distributed import all_gather_objects, barrier, local_part
 
 STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")  # a file, or a sharded checkpoint's folder
 STATE_FILE = "state.pt"  # in a sharded checkpoint's folder: all but the model and optimizer
@@ -172,6 +172,12 @@ def non_finite(state_dict: dict) -> list[str]:
     sharded tensor: in this process's part)."""
     return [name for name, t in state_dict.items() if isinstance(t, torch.Tensor) and t.is_floating_point()
             and not bool(torch.isfinite(local_part(t)).all())]
+
+
+def non_finite_anywhere(state_dict: dict) -> list[str]:
+    """`non_finite` over every process of a (sharded) model: each checks its own parts, and all
+    get the same sorted list (collective: every process calls it)."""
+    return sorted(set().union(*all_gather_objects(non_finite(state_dict))))
 
 
 def _check_resume_state(state, path: Path) -> None:

@@ -23,7 +23,7 @@ from . import distributed
 from .checkpoint import (
     RunLock,
     load_resume_state,
-    non_finite,
+    non_finite_anywhere,
     remove_partial_files,
     save_checkpoint,
     save_sharded_checkpoint,
@@ -241,9 +241,7 @@ def _check_collapse(config: Config, step: int, metrics: dict) -> None:
 def _save(training: Training, step: int, run_dir: Path) -> None:
     """A checkpoint of update `step`; refused (nothing written) if any weight is not finite."""
     for part in ("student", "teacher"):
-        # every process checks its own shards of a sharded model, and all learn of any bad one
-        local = non_finite(getattr(training.model, part).state_dict())
-        bad = sorted(set().union(*distributed.all_gather_objects(local)))
+        bad = non_finite_anywhere(getattr(training.model, part).state_dict())
         if bad:
             raise TrainingError(f"update {step}: {len(bad)} {part} tensors are not finite ({bad[0]}, ...); "
                                 f"no checkpoint was written, the newest one on disk is unchanged")

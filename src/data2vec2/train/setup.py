@@ -23,7 +23,7 @@ from ..model import Data2Vec2
 from ..nn.blocks import Block
 from ..objectives import build_model
 from . import distributed
-from .checkpoint import load_checkpoint, non_finite, with_current_names
+from .checkpoint import load_checkpoint, non_finite, non_finite_anywhere, with_current_names
 from .optim import apply_optim_config, build_optimizer, build_scheduler
 from .sharding import gradients_kept_local, shard_model
 
@@ -209,25 +209,29 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     if train.fsdp:
         shard_model(model, dtype)
     optimizer = build_optimizer(model.student, config.optim, device)  # of the sharded weights under FSDP
-    scheduler = build_scheduler(optimizer, config.optim, train.max_steps)
+    start_step = 0
     if state is not None:
         if sharded_state:
             from .sharded_checkpoint import load_sharded  # (a second to import: only for sharded runs)
 
             load_sharded(model, optimizer, Path(state["sharded"]))
-            _check_finite(model, state["sharded"])
+            for part in ("student", "teacher"):  # each process checks its shards
+                bad = non_finite_anywhere(getattr(model, part).state_dict())
+                if bad:
+                    raise TrainingError(f"{state['sharded']}: {part} tensor {bad[0]} is not finite")
         else:
             optimizer.load_state_dict(state["optimizer"])
         # The optimizer keeps its moments; its settings and the schedule come from the config, so a
         # resume with a changed optim.* (say a lower lr after a NaN) applies it from the saved step.
         apply_optim_config(optimizer, model.student, config.optim)
-        scheduler = build_scheduler(optimizer, config.optim, train.max_steps, start_step=int(state["step"]))
+        start_step = int(state["step"])
         if info.is_main:
-            _report_optim_changes(state.get("config", {}).get("optim", {}), config, int(state["step"]))
+            _report_optim_changes(state.get("config", {}).get("optim", {}), config, start_step)
         rng = state["rng"]
         torch.set_rng_state(rng[info.rank % len(rng)])
     else:
         torch.manual_seed(train.seed + info.rank)
+    scheduler = build_scheduler(optimizer, config.optim, train.max_steps, start_step=start_step)
     student = model.student
     if info.world_size > 1 and not train.fsdp:
         # a block skipped by layerdrop (on some processes only) leaves its weights without gradients
@@ -236,14 +240,6 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     model.train()
     return Training(config=config, model=model, student=student, optimizer=optimizer, scheduler=scheduler,
                     device=device, dtype=dtype, dist=info)
-
-
-def _check_finite(model: torch.nn.Module, path: str) -> None:
-    """A sharded checkpoint's weights, checked once loaded: each process its shards."""
-    for part in ("student", "teacher"):
-        bad = set().union(*distributed.all_gather_objects(non_finite(getattr(model, part).state_dict())))
-        if bad:
-            raise TrainingError(f"{path}: {part} tensor {sorted(bad)[0]} is not finite")
 
 
 def load_initial_weights(model: Data2Vec2, path: Path, report: bool) -> None:
