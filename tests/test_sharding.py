@@ -105,7 +105,7 @@ def test_sharded_training_in_one_process_matches_unsharded(tmp_path, small_overr
         pretrain(load_config("image-tiny", o + ["train.max_steps=4"]), tmp_path / "sharded", progress=False)
 
 
-def test_a_crafted_sharded_checkpoint_index_runs_no_code(tmp_path, small_overrides):
+def test_a_crafted_sharded_checkpoint_index_runs_no_code(tmp_path, small_overrides, caplog):
     """The index of a sharded checkpoint is unpickled with an allow-list: a file that names any
     other callable is refused before anything is called."""
     import pickle
@@ -123,3 +123,4 @@ def test_a_crafted_sharded_checkpoint_index_runs_no_code(tmp_path, small_overrid
     with pytest.raises(TrainingError, match="names posix.system|names os.system"):
         pretrain(load_config("image-tiny", o + ["train.max_steps=2"]), tmp_path / "run", progress=False)
     assert not marker.exists()
+    assert "metadata" not in caplog.text  # refused before DCP's loader, which would log its fallback's tracebacks

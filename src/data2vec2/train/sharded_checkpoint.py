@@ -57,8 +57,10 @@ def sharded_shapes(path: Path, prefix: str) -> dict[str, tuple[int, ...]]:
 
 
 def _load(state: dict, path: Path, no_dist: bool) -> None:
+    reader = _SafeReader(path)
+    reader.read_metadata()  # a bad index is refused here, in one line, not after DCP's fallback and its log
     try:
-        dcp.load(state, storage_reader=_SafeReader(path), planner=_WeightsOnlyPlanner(), no_dist=no_dist)
+        dcp.load(state, storage_reader=reader, planner=_WeightsOnlyPlanner(), no_dist=no_dist)
     except CheckpointException as e:  # each failed process's error, with its traceback
         first = next(iter(e.failures.values()))[0]
         raise TrainingError(f"cannot load the sharded checkpoint {path}: {_first_line(first)}") from None
@@ -81,6 +83,7 @@ _INDEX_CLASSES = {
     "torch.serialization": {"_get_layout"},
     "torch": {"Size"},
     "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"},
+    "pathlib._local": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"},  # Python >= 3.13
 }
 
 
@@ -94,9 +97,17 @@ class _IndexUnpickler(pickle.Unpickler):
 
 
 class _SafeReader(FileSystemReader):
-    """DCP's file reader, but its index is unpickled with the allow-list above."""
+    """DCP's file reader, but its index is unpickled with the allow-list above, once."""
 
     def read_metadata(self, *args, **kwargs):
+        if kwargs.get("rank") is not None:  # DCP's fallback to a per-process index, which we never write
+            raise FileNotFoundError(f"no per-process index in {self.path}")
+        if getattr(self, "_metadata", None) is None:
+            self._metadata = self._read_index()
+        self._metadata.storage_meta.load_id = getattr(self, "load_id", None)
+        return self._metadata
+
+    def _read_index(self):
         try:
             with open(Path(self.path) / SHARDED_INDEX, "rb") as f:
                 metadata = _IndexUnpickler(f).load()
@@ -106,7 +117,6 @@ class _SafeReader(FileSystemReader):
             raise TrainingError(f"{Path(self.path) / SHARDED_INDEX} is not a checkpoint index ({e})") from None
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = getattr(self, "load_id", None)
         return metadata
 
 
