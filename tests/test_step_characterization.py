@@ -107,7 +107,7 @@ def run_step(name: str, pinned: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     b = fixed_batch(name, config)
     optimizer = build_optimizer(model.student, config.optim, torch.device("cpu"))
     scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
-    training = Training(config=config, model=model, student=model.student, optimizer=optimizer, scheduler=scheduler,
+    training = Training(config=config, model=model, optimizer=optimizer, scheduler=scheduler,
                         device=torch.device("cpu"), dtype=torch.float32, dist=DistInfo())
 
     with torch.no_grad():

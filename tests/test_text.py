@@ -154,7 +154,7 @@ def test_teacher_is_an_ema_of_the_blocks_fed_the_student_embedding_output():
     manual = torch.stack([normalize(f.float(), "instance", pad) for f in ffn[-2:]]).mean(0)
     torch.testing.assert_close(y, manual)
     loss = model(batch["inputs"], batch["mask"], batch["noise_seed"])
-    assert torch.isfinite(loss.loss) and int(loss.num_masked) == int(batch["mask"].sum())
+    assert torch.isfinite(loss.loss) and int(loss.count) == int(batch["mask"].sum()) == batch["num_masked"]
 
 
 def test_decoder_shape_and_no_residual():

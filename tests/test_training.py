@@ -265,3 +265,36 @@ def test_the_thread_count_follows_the_setting_the_environment_the_resumed_run_th
     assert 1 <= free_cpus() <= allowed and 1 <= pick_threads(0) <= allowed
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * allowed))  # torchrun: the free cores are shared
     assert pick_threads(0) == 1
+
+
+def test_a_run_slowed_down_under_a_time_budget_still_ends_its_schedules(tmp_path, small_overrides, monkeypatch):
+    """Planned for 1,000 updates, slowed to about 0.25 s an update, with a 4 s budget: the learning
+    rate and the EMA follow the fraction of the budget spent and reach their ends when it runs out.
+    A resumed run continues the budget (its elapsed seconds are in the checkpoint)."""
+    import time
+
+    from data2vec2.train import loop
+
+    real_step = loop.train_step
+
+    def slow_step(*args, **kwargs):
+        time.sleep(0.25)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", slow_step)
+    o = small_overrides + ["train.max_steps=1000", "train.time_budget_s=4", "optim.warmup_steps=10",
+                           "optim.lr=1e-3", "optim.min_lr=1e-5", "ema.decay=0.9", "ema.end_decay=0.99",
+                           "ema.anneal_steps=1000", "train.checkpoint_every=1000"]
+    config = load_config("image-tiny", o)
+    first = pretrain(config, tmp_path / "run", progress=False, max_steps=3)  # a first invocation, stopped early
+    assert first["steps"] == 3
+    result = pretrain(config, tmp_path / "run", progress=False)
+    assert result["stop_reason"] == "time_budget" and 5 <= result["steps"] <= 30
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    last = rows[-1]
+    assert last["elapsed_s"] >= 4 and result["seconds"] < last["elapsed_s"]  # the budget spans both invocations
+    assert last["lr"] - 1e-5 < 0.05 * (1e-3 - 1e-5)  # the cosine ran (nearly) to its end, not to step/1000
+    assert last["ema_decay"] > 0.99 - 0.1 * (0.99 - 0.9)
+    assert rows[2]["lr"] > 0.2 * 1e-3  # while by update 3 it was still warming up or near its peak
+    lrs = [r["lr"] for r in rows]
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:]))  # decaying, never back up

@@ -171,7 +171,10 @@ class TrainConfig:
     batch_size: int = 512  # global batch of original samples per update (before cloning)
     grad_accum: int = 1  # micro-batches per update on each process
     max_steps: int = 375_300  # updates; the cosine schedule reaches optim.min_lr here
-    time_budget_s: float = 0.0  # stop (and checkpoint) after this many seconds; 0: no limit
+    # stop (and checkpoint) after this many seconds of training, the run's earlier invocations included;
+    # the LR schedule and the EMA then follow the further of update / max_steps and the fraction of the
+    # budget spent, so a run slower than planned still ends both when the budget ends. 0: no limit
+    time_budget_s: float = 0.0
     precision: str = "auto"  # auto | fp32 | bf16
     # torch.compile each transformer block (student and teacher). Image shapes are fixed; a speech or
     # text length that changes is compiled once more, then with a symbolic length (dynamo's default)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -112,11 +112,24 @@ class Student(nn.Module):
         return StudentOutput(local_features=local_features, encoded=encoded, pred=self.decoder(full))
 
 
+def no_metrics() -> dict[str, Tensor]:
+    return {}
+
+
 @dataclass
 class LossOutput:
-    loss: Tensor  # the update's loss share of this micro-batch: summed, / the update's masked count
-    num_masked: Tensor  # masked tokens in this micro-batch
-    metrics: dict[str, Tensor]  # detached health metrics; empty unless asked for
+    """What every objective returns for a batch (pre-training and fine-tuning alike). The trainer
+    adds the sums of an update's micro-batches and processes and divides by the added counts."""
+
+    loss_sum: Tensor  # the loss summed over what this batch is scored on (masked tokens, samples, ...)
+    count: Tensor | int | float  # how many that is (a host number where the collate knows it)
+    # detached health metrics of this batch, computed only when called (on logging steps)
+    metrics: Callable[[], dict[str, Tensor]] = no_metrics
+
+    @property
+    def loss(self) -> Tensor:
+        """This batch's mean loss."""
+        return self.loss_sum / self.count
 
 
 class Data2Vec2(nn.Module):
@@ -173,10 +186,9 @@ class Data2Vec2(nn.Module):
         return normalize(y, targets.final_norm, padding)
 
     # -- student --------------------------------------------------------------------------
-    def forward_student(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor, student: nn.Module | None = None,
+    def forward_student(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor,
                         masked_per_row: int | None = None) -> StudentOutput:
-        """`student`: `self.student` wrapped (DDP) to run instead."""
-        return (student if student is not None else self.student)(inputs, mask, noise_seeds, masked_per_row)
+        return self.student(inputs, mask, noise_seeds, masked_per_row)
 
     # -- loss -----------------------------------------------------------------------------
     def elementwise_loss(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -189,52 +201,66 @@ class Data2Vec2(nn.Module):
             err = (pred - target) ** 2
         return err * self.loss_scale
 
-    def forward_loss(self, out: StudentOutput, targets: Tensor, mask: Tensor, update_masked: float,
-                     with_metrics: bool = False) -> LossOutput:
-        """The loss over the masked tokens of this micro-batch divided by `update_masked`, the
-        masked-token count of the whole update (all micro-batches, all processes), so that the
-        gradients of an update add up to those of its mean loss."""
+    def forward_loss(self, out: StudentOutput, targets: Tensor, mask: Tensor,
+                     num_masked: int | float | None = None) -> LossOutput:
+        """The loss summed over the masked tokens of this batch, and their count (`num_masked`:
+        that count where the caller knows it on the host; else it is counted on the device)."""
         M = self.config.masking.num_masks
         y_rep = targets.repeat_interleave(M, dim=0)  # (B*M, T, D), the clones' sample-major order
-        num_masked = mask.sum()
+        count = mask.sum() if num_masked is None else num_masked
         # the masked positions' sum, as a product with the mask rather than a gather of them: a
         # gather's size is a count the host would wait for the device to make
         reg = (self.elementwise_loss(out.pred, y_rep) * mask.unsqueeze(-1)).sum()
         loss_sum = reg
-        metrics: dict[str, Tensor] = {}
+        cls = None
         cls_weight = self.config.loss.cls_weight
         if cls_weight > 0 and self.encoder.num_extra_tokens > 0:
             # CLS loss: the student's CLS output of each clone regresses the mean of the sample's
-            # final targets over tokens, weighted by cls_weight * (this micro-batch's masked count)
+            # final targets over tokens, weighted by cls_weight * (this batch's masked count)
             cls_target = targets.mean(dim=1).repeat_interleave(M, dim=0)  # (B*M, D)
             cls = self.elementwise_loss(out.encoded[:, 0], cls_target).sum()
-            loss_sum = loss_sum + cls * cls_weight * num_masked
-            if with_metrics:
-                metrics["cls_loss"] = cls.detach() / mask.shape[0]
-        if with_metrics:
+            loss_sum = loss_sum + cls * cls_weight * count
+
+        def metrics() -> dict[str, Tensor]:
             local = out.local_features.detach().float()
-            metrics.update(
-                reg_loss=reg.detach() / num_masked,
+            values = dict(
+                reg_loss=reg.detach() / count,
                 target_std=channel_std(targets),
                 pred_std=channel_std(out.pred[mask]),
                 # scale-free: the block after the local encoder normalises its input, so only a
                 # loss of variation across tokens is a collapse, not features that merely shrink
                 local_std=channel_std(F.layer_norm(local, local.shape[-1:])),
-                masked_fraction=num_masked.detach().float() / mask.numel(),
+                masked_fraction=torch.as_tensor(count, dtype=torch.float32) / mask.numel(),
             )
-        return LossOutput(loss=loss_sum / update_masked, num_masked=num_masked, metrics=metrics)
+            if cls is not None:
+                values["cls_loss"] = cls.detach() / mask.shape[0]
+            return values
+        return LossOutput(loss_sum=loss_sum, count=count, metrics=metrics)
 
-    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor, update_masked: float | None = None,
-                student: nn.Module | None = None, with_metrics: bool = False,
-                masked_per_row: int | None = None) -> LossOutput:
-        """One micro-batch: student, targets, loss. `update_masked` defaults to this micro-batch's
-        own masked count (an update of one micro-batch on one process). `masked_per_row`: the
-        masked count of each row of `mask`, where the caller knows it (train/step.py)."""
-        out = self.forward_student(inputs, mask, noise_seeds, student, masked_per_row)
+    def forward(self, batch: dict | Tensor, mask: Tensor | None = None, noise_seeds: Tensor | None = None) -> LossOutput:
+        """One batch of the collate (data/collate.py): {"inputs", "mask" (B*M, T), "noise_seed" (B,),
+        and the host counts "num_masked" and "masked_per_row" where known}: student, targets, loss.
+        `model(inputs, mask, noise_seeds)`, the three tensors apart, is the same."""
+        if mask is not None:
+            batch = {"inputs": batch, "mask": mask, "noise_seed": noise_seeds}
+        inputs, mask = batch["inputs"], batch["mask"]
+        out = self.forward_student(inputs, mask, batch["noise_seed"], batch.get("masked_per_row"))
         targets = self.forward_targets(inputs, out.local_features)
-        if update_masked is None:
-            update_masked = float(mask.sum())
-        return self.forward_loss(out, targets, mask, update_masked, with_metrics)
+        return self.forward_loss(out, targets, mask, batch.get("num_masked"))
+
+    # -- what the trainer asks of every objective ------------------------------------------
+    @property
+    def trained(self) -> nn.Module:
+        """The module whose parameters the optimizer updates (the teacher follows by EMA)."""
+        return self.student
+
+    def parts(self) -> dict[str, nn.Module]:
+        """What a checkpoint holds, by name."""
+        return {"student": self.student, "teacher": self.teacher}
+
+    def after_update(self, update: int) -> dict[str, float]:
+        """After optimizer update number `update` (1-based): the EMA step of the teacher."""
+        return {"ema_decay": self.update_teacher(update)}
 
 
 def build_encoder(model_config: ModelConfig, modality: "Modality") -> Encoder:

@@ -62,14 +62,18 @@ class MaskingCollate:
         errors = [e for s in items for e in ([s["error"]] if "error" in s else s.get("replaced", []))]
         exhausted = any(s.get("exhausted", False) for s in items)
         if not good:
-            return {"inputs": torch.empty(0), "mask": torch.zeros(0, 0, dtype=torch.bool),
-                    "noise_seed": torch.zeros(0, dtype=torch.int64), "index": torch.zeros(0, dtype=torch.int64),
+            return {"inputs": torch.empty(0), "mask": torch.zeros(0, 0, dtype=torch.bool), "num_masked": 0,
+                    "masked_per_row": 0, "noise_seed": torch.zeros(0, dtype=torch.int64), "index": torch.zeros(0, dtype=torch.int64),
                     "errors": errors, "exhausted": exhausted}
         inputs, masks = self.inputs_and_masks(good)
+        mask = np.concatenate(masks)  # (B*M, T)
         seeds = [self.rng(s["index"], Stream.NOISE).integers(2**62) for s in good]
         return {
             "inputs": inputs,
-            "mask": torch.from_numpy(np.concatenate(masks)),
+            "mask": torch.from_numpy(mask),
+            # counted here, on the host, so that the model and the trainer need not wait for the device
+            "num_masked": int(mask.sum()),
+            "masked_per_row": int(mask[0].sum()),
             "noise_seed": torch.tensor(seeds, dtype=torch.int64),
             "index": torch.tensor([int(s["index"]) for s in good], dtype=torch.int64),
             "errors": errors,

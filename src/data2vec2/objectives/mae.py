@@ -80,19 +80,20 @@ class MAE(TeacherlessModel):
     def __init__(self, encoder: Encoder, config: Config):
         super().__init__(MAEStudent(encoder, config), config, "MAE encodes one masked view per image")
 
-    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor, update_masked: float | None = None,
-                student: nn.Module | None = None, with_metrics: bool = False,
-                masked_per_row: int | None = None) -> LossOutput:
-        """The summed per-patch MSE of the masked patches over `update_masked`, the masked-patch
-        count of the whole update (so an update's gradient is that of its mean)."""
-        out = (student if student is not None else self.student)(inputs, mask, noise_seeds, masked_per_row)
+    def forward(self, batch: dict | Tensor, mask: Tensor | None = None, noise_seeds: Tensor | None = None) -> LossOutput:
+        """The per-patch MSE summed over the masked patches, and their count. A collate batch, or
+        (inputs, mask, noise_seeds) apart."""
+        if mask is not None:
+            batch = {"inputs": batch, "mask": mask, "noise_seed": noise_seeds}
+        inputs, mask = batch["inputs"], batch["mask"]
+        out = self.student(inputs, mask, batch["noise_seed"], batch.get("masked_per_row"))
         target = normalized_patches(self.encoder.local_encoder.patch_values(inputs).float())  # (B, T, P)
-        num_masked = mask.sum()
-        per_patch = F.mse_loss(out.pred.float()[mask], target[mask], reduction="none").mean(dim=-1)
-        if update_masked is None:
-            update_masked = float(num_masked)
-        metrics = {}
-        if with_metrics:
-            metrics = {"reg_loss": per_patch.detach().mean(), "pred_std": channel_std(out.pred[mask]),
-                       "target_std": channel_std(target[mask])}
-        return LossOutput(loss=per_patch.sum() / update_masked, num_masked=num_masked, metrics=metrics)
+        count = batch.get("num_masked", mask.sum())
+        per_patch = F.mse_loss(out.pred.float(), target, reduction="none").mean(dim=-1)  # (B, T)
+        # the masked patches' sum as a product with the mask (a gather's size would make the host wait)
+        loss_sum = (per_patch * mask).sum()
+
+        def metrics() -> dict[str, Tensor]:
+            return {"reg_loss": loss_sum.detach() / count, "pred_std": channel_std(out.pred[mask]),
+                    "target_std": channel_std(target[mask])}
+        return LossOutput(loss_sum=loss_sum, count=count, metrics=metrics)

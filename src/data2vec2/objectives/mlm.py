@@ -69,18 +69,18 @@ class MLM(TeacherlessModel):
     def __init__(self, encoder: Encoder, config: Config):
         super().__init__(MLMStudent(encoder, config), config, "MLM corrupts each sequence once")
 
-    def forward(self, tokens: Tensor, mask: Tensor, noise_seeds: Tensor, update_masked: float | None = None,
-                student: nn.Module | None = None, with_metrics: bool = False,
-                masked_per_row: int | None = None) -> LossOutput:
-        """Summed cross-entropy at the chosen tokens over `update_masked`, the chosen-token count of
-        the whole update. (`masked_per_row`: unused; the chosen count varies by row.)"""
-        out = (student if student is not None else self.student)(tokens, mask, noise_seeds)
+    def forward(self, batch: dict | Tensor, mask: Tensor | None = None, noise_seeds: Tensor | None = None) -> LossOutput:
+        """Cross-entropy summed over the chosen tokens, and their count. A collate batch, or
+        (tokens, mask, noise_seeds) apart."""
+        if mask is not None:
+            batch = {"inputs": batch, "mask": mask, "noise_seed": noise_seeds}
+        tokens, mask = batch["inputs"], batch["mask"]
+        out = self.student(tokens, mask, batch["noise_seed"])
         logits = out.pred.float()  # (N chosen, V)
-        loss = F.cross_entropy(logits, tokens[mask], reduction="sum")
-        num_masked = mask.sum()
-        if update_masked is None:
-            update_masked = float(num_masked)
-        metrics = {}
-        if with_metrics:
-            metrics = {"reg_loss": loss.detach() / num_masked.clamp(min=1), "accuracy": (logits.argmax(-1) == tokens[mask]).float().mean()}
-        return LossOutput(loss=loss / update_masked, num_masked=num_masked, metrics=metrics)
+        loss_sum = F.cross_entropy(logits, tokens[mask], reduction="sum")
+        count = batch.get("num_masked", mask.sum())
+
+        def metrics() -> dict[str, Tensor]:
+            return {"reg_loss": loss_sum.detach() / max(count, 1),
+                    "accuracy": (logits.argmax(-1) == tokens[mask]).float().mean()}
+        return LossOutput(loss_sum=loss_sum, count=count, metrics=metrics)

@@ -31,5 +31,12 @@ class TeacherlessModel(nn.Module):
     def encoder(self) -> Encoder:
         return self.student.encoder
 
-    def update_teacher(self, step: int) -> float:
-        return 0.0  # no teacher (logged as ema_decay 0)
+    @property
+    def trained(self) -> nn.Module:
+        return self.student
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "teacher": self.teacher}
+
+    def after_update(self, update: int) -> dict[str, float]:
+        return {}  # no teacher to average

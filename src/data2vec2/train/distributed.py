@@ -57,6 +57,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(value: float) -> float:
+    """The largest of the processes' `value`s (a host number, over gloo on GPUs too)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 def local_part(t: torch.Tensor) -> torch.Tensor:
     """The part of a sharded (FSDP) tensor this process holds; any other tensor as it is."""
     return t.to_local() if isinstance(t, DTensor) else t

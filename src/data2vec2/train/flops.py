@@ -66,7 +66,7 @@ def count_update_flops(model: torch.nn.Module, batch: dict, device: torch.device
     mapping = {torch.ops.aten.convolution_backward: _grouped_conv_backward_flops}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-            out = model(batch["inputs"].to(device), batch["mask"].to(device), batch["noise_seed"])
+            out = model({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
             out.loss.backward()
     for p in model.parameters():
         p.grad = None

@@ -143,6 +143,8 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
                dynamic_ncols=True, file=sys.stdout)
     skipped: set[str] = set()  # the messages of the unreadable files met so far, each printed once
     first_step, start_time = step, time.perf_counter()
+    elapsed_before = training.progress.elapsed_s  # training seconds of the run's earlier invocations
+    elapsed, last_update_s = elapsed_before, 0.0
     window_time, window_samples, window_steps = start_time, 0, 0
     last: dict = {}
     stop_reason = "max_steps"
@@ -154,6 +156,7 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
             micro_batches = [next(batches) for _ in range(train.grad_accum)]
             _report_unreadable(micro_batches, config, len(dataset), skipped, info.is_main)
             log_step = (step + 1) % train.log_every == 0 or step + 1 == total_steps
+            training.progress.elapsed_s = elapsed + last_update_s  # where this update will end, about
             try:
                 result = train_step(training, micro_batches, step, with_metrics=log_step)
             except NonFiniteUpdate as e:
@@ -165,17 +168,23 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
 
             window_samples += train.batch_size
             window_steps += 1
-            elapsed = time.perf_counter() - start_time
+            # the run's training seconds; under a time budget the same on every process (the slowest's),
+            # so that the budget and the schedules that follow it (train/optim.py Progress) see one clock
+            previous, elapsed = elapsed, elapsed_before + time.perf_counter() - start_time
+            if train.time_budget_s > 0:
+                elapsed = distributed.all_reduce_max(elapsed)
+            last_update_s = elapsed - previous
+            training.progress.elapsed_s = elapsed
             out_of_time = train.time_budget_s > 0 and elapsed >= train.time_budget_s
             if train.time_budget_s > 0:  # the bar ends where the budget ends, if that comes first
-                per_update = elapsed / (step - first_step)
+                per_update = (elapsed - elapsed_before) / (step - first_step)
                 bar.total = min(total_steps, step + int(max(train.time_budget_s - elapsed, 0) / per_update))
             bar.update(1)
             bar.set_postfix(loss=f"{result.loss:.4f}")
             if log_step or out_of_time:
                 now = time.perf_counter()
                 rate = window_samples / max(now - window_time, 1e-9)
-                last = {"loss": result.loss, "lr": training.scheduler.get_last_lr()[0], "ema_decay": result.tau,
+                last = {"loss": result.loss, "lr": training.scheduler.get_last_lr()[0],
                         "grad_norm": float(result.grad_norm), "samples_per_s": rate,
                         "mfu": step_flops * (window_steps / max(now - window_time, 1e-9)) / peak if peak else 0.0,
                         "skipped_files": len(skipped), "epoch": step // sampler.steps_per_epoch, "elapsed_s": elapsed,
@@ -240,14 +249,16 @@ def _check_collapse(config: Config, step: int, metrics: dict) -> None:
 
 def _save(training: Training, step: int, run_dir: Path) -> None:
     """A checkpoint of update `step`; refused (nothing written) if any weight is not finite."""
-    for part in ("student", "teacher"):
-        bad = non_finite_anywhere(getattr(training.model, part).state_dict())
+    parts = training.model.parts()
+    for name, part in parts.items():
+        bad = non_finite_anywhere(part.state_dict())
         if bad:
-            raise TrainingError(f"update {step}: {len(bad)} {part} tensors are not finite ({bad[0]}, ...); "
+            raise TrainingError(f"update {step}: {len(bad)} {name} tensors are not finite ({bad[0]}, ...); "
                                 f"no checkpoint was written, the newest one on disk is unchanged")
     state = {
         "scheduler": training.scheduler.state_dict(),
         "step": step,
+        "elapsed_s": training.progress.elapsed_s,
         "rng": distributed.all_gather_objects(torch.get_rng_state()),
         "threads": torch.get_num_threads(),
         "config": config_to_dict(training.config),
@@ -261,7 +272,7 @@ def _save(training: Training, step: int, run_dir: Path) -> None:
                                 step, keep, training.dist.is_main)
         return
     if training.dist.is_main:
-        state.update(student=training.model.student.state_dict(), teacher=training.model.teacher.state_dict(),
+        state.update({name: part.state_dict() for name, part in parts.items()},
                      optimizer=training.optimizer.state_dict())
         save_checkpoint(state, folder, step, keep)
     distributed.barrier()

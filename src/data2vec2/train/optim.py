@@ -41,12 +41,31 @@ def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class Progress:
+    """Where the schedules (learning rate, EMA) stand after an update. Without a time budget:
+    at that update. With `train.time_budget_s`: at that update, or at the same fraction of
+    `max_steps` as the fraction of the budget spent, whichever is further, so that a run slower
+    than planned still ends its schedules when its budget ends (and a run on pace is unchanged)."""
+
+    def __init__(self, max_steps: int = 0, budget_s: float = 0.0, elapsed_s: float = 0.0):
+        self.max_steps, self.budget_s = max_steps, budget_s
+        self.elapsed_s = elapsed_s  # training seconds so far, earlier invocations of the run included
+
+    def position(self, update: int) -> int:
+        if self.budget_s <= 0:
+            return update
+        return max(update, min(self.max_steps, int(self.elapsed_s / self.budget_s * self.max_steps)))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int,
-                    start_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup + cosine on the peak `cfg.lr`, positioned after `start_step` updates (a resume)."""
+                    start_step: int = 0, progress: Progress | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup + cosine on the peak `cfg.lr`, positioned after `start_step` updates (a resume), at
+    `progress`'s position of each update."""
     min_ratio = cfg.min_lr / cfg.lr
+    position = progress.position if progress is not None else (lambda step: step)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, max_steps, min_ratio), last_epoch=start_step - 1)
+        optimizer, lambda step: lr_factor(position(step), cfg.warmup_steps, max_steps, min_ratio),
+        last_epoch=start_step - 1)
 
 
 def apply_optim_config(optimizer: torch.optim.Optimizer, model: nn.Module, cfg: OptimConfig) -> None:

@@ -10,7 +10,7 @@ import ctypes.util
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,7 @@ from ..nn.blocks import Block
 from ..objectives import build_model
 from . import distributed
 from .checkpoint import load_checkpoint, non_finite, non_finite_anywhere, with_current_names
-from .optim import apply_optim_config, build_optimizer, build_scheduler
+from .optim import Progress, apply_optim_config, build_optimizer, build_scheduler
 from .sharding import gradients_kept_local, shard_model
 
 if TYPE_CHECKING:
@@ -139,13 +139,21 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 @dataclass
 class Training:
     config: Config
-    model: "Data2Vec2 | torch.nn.Module"  # the objective's model (objectives/build_model): Data2Vec2 by default
-    student: torch.nn.Module  # model.student, DDP-wrapped (or sharded in place by FSDP): what the step runs
+    # the objective (objectives/build_model: Data2Vec2 by default): forward(batch) -> LossOutput,
+    # `trained` (what the optimizer updates), parts() (what a checkpoint holds), after_update(update)
+    model: "Data2Vec2 | torch.nn.Module"
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     dtype: torch.dtype
     dist: distributed.DistInfo
+    ddp: torch.nn.Module | None = None  # the model in DDP when several processes train it without FSDP
+    progress: Progress = field(default_factory=Progress)  # where the schedules stand (train/optim.py)
+
+    @property
+    def runner(self) -> torch.nn.Module:
+        """What a step calls with a batch: the model, or its DDP wrapper (FSDP shards in place)."""
+        return self.ddp if self.ddp is not None else self.model
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -155,9 +163,9 @@ class Training:
     def no_sync(self):
         """For the micro-batches of an update before its last: gradients stay on this process."""
         if self.config.train.fsdp:
-            return gradients_kept_local(self.model.student)
-        if self.dist.world_size > 1:
-            return self.student.no_sync()
+            return gradients_kept_local(self.model.trained)
+        if self.ddp is not None:
+            return self.ddp.no_sync()
         return contextlib.nullcontext()
 
     @property
@@ -194,36 +202,36 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     model = build_model(config, modality).to(device)
     sharded_state = state is not None and "sharded" in state
     if state is not None and not sharded_state:
-        model.student.load_state_dict(with_current_names(state["student"], model.student))
-        model.teacher.load_state_dict(with_current_names(state["teacher"], model.teacher))
+        for name, part in model.parts().items():
+            part.load_state_dict(with_current_names(state[name], part))
     elif state is None and train.init_from:
         load_initial_weights(model, Path(train.init_from), info.is_main)
     if train.activation_checkpointing:
-        for block in (m for m in model.student.modules() if isinstance(m, Block)):
+        for block in (m for m in model.trained.modules() if isinstance(m, Block)):
             block.recompute_in_backward = True
     if train.compile:
         # each transformer block, the student's and the teacher's (almost all of the FLOPs), compiled
         # in place: parameter names stay, and FSDP's per-block hooks stay on the blocks
-        for block in (m for part in (model.student, model.teacher) for m in part.modules() if isinstance(m, Block)):
+        for block in (m for part in model.parts().values() for m in part.modules() if isinstance(m, Block)):
             block.compile()
     if train.fsdp:
         shard_model(model, dtype)
-    optimizer = build_optimizer(model.student, config.optim, device)  # of the sharded weights under FSDP
+    optimizer = build_optimizer(model.trained, config.optim, device)  # of the sharded weights under FSDP
     start_step = 0
     if state is not None:
         if sharded_state:
             from .sharded_checkpoint import load_sharded  # (a second to import: only for sharded runs)
 
             load_sharded(model, optimizer, Path(state["sharded"]))
-            for part in ("student", "teacher"):  # each process checks its shards
-                bad = non_finite_anywhere(getattr(model, part).state_dict())
+            for name, part in model.parts().items():  # each process checks its shards
+                bad = non_finite_anywhere(part.state_dict())
                 if bad:
-                    raise TrainingError(f"{state['sharded']}: {part} tensor {bad[0]} is not finite")
+                    raise TrainingError(f"{state['sharded']}: {name} tensor {bad[0]} is not finite")
         else:
             optimizer.load_state_dict(state["optimizer"])
         # The optimizer keeps its moments; its settings and the schedule come from the config, so a
         # resume with a changed optim.* (say a lower lr after a NaN) applies it from the saved step.
-        apply_optim_config(optimizer, model.student, config.optim)
+        apply_optim_config(optimizer, model.trained, config.optim)
         start_step = int(state["step"])
         if info.is_main:
             _report_optim_changes(state.get("config", {}).get("optim", {}), config, start_step)
@@ -231,15 +239,17 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
         torch.set_rng_state(rng[info.rank % len(rng)])
     else:
         torch.manual_seed(train.seed + info.rank)
-    scheduler = build_scheduler(optimizer, config.optim, train.max_steps, start_step=start_step)
-    student = model.student
+    progress = Progress(train.max_steps, train.time_budget_s, float(state.get("elapsed_s", 0.0)) if state else 0.0)
+    scheduler = build_scheduler(optimizer, config.optim, train.max_steps, start_step=start_step, progress=progress)
+    ddp = None
     if info.world_size > 1 and not train.fsdp:
-        # a block skipped by layerdrop (on some processes only) leaves its weights without gradients
-        student = DDP(student, device_ids=[device.index] if device.type == "cuda" else None,
-                      find_unused_parameters=config.model.layerdrop > 0)
+        # the whole model: DDP reduces the gradients of what requires them (a teacher has none); a
+        # block skipped by layerdrop (on some processes only) leaves its weights without gradients
+        ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=config.model.layerdrop > 0)
     model.train()
-    return Training(config=config, model=model, student=student, optimizer=optimizer, scheduler=scheduler,
-                    device=device, dtype=dtype, dist=info)
+    return Training(config=config, model=model, optimizer=optimizer, scheduler=scheduler, device=device,
+                    dtype=dtype, dist=info, ddp=ddp, progress=progress)
 
 
 def load_initial_weights(model: Data2Vec2, path: Path, report: bool) -> None:

@@ -29,7 +29,8 @@ from ..nn.blocks import Block
 
 
 def shard_model(model: nn.Module, dtype: torch.dtype) -> None:
-    """Shard `model.student` and `model.teacher` (if it has weights) in place, each block its own unit."""
+    """Shard each part of `model` with weights (model.parts(): the student and the teacher) in
+    place, each block its own unit."""
     try:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     except ImportError:
@@ -41,17 +42,20 @@ def shard_model(model: nn.Module, dtype: torch.dtype) -> None:
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
                                   reduce_dtype=torch.float32 if bf16 else None,
                                   cast_forward_inputs=False)  # the residual stream stays fp32, as under plain autocast
-    for block in (m for m in model.student.modules() if isinstance(m, Block)):
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model.student, mp_policy=policy)
-    if next(model.teacher.parameters(), None) is None:  # an objective without a teacher
-        return
-    for block in (m for m in model.teacher.modules() if isinstance(m, Block)):
-        fully_shard(block, mp_policy=policy)
-    # the teacher's root weights are freed after every use too: its EMA step must see shards
-    fully_shard(model.teacher, mp_policy=policy, reshard_after_forward=True)
-    for method in ("local_features", "forward_unmasked"):  # how the teacher is run (not by forward)
-        register_fsdp_forward_method(model.teacher, method)
+    for part in model.parts().values():
+        if next(part.parameters(), None) is None:  # an objective without a teacher
+            continue
+        for block in (m for m in part.modules() if isinstance(m, Block)):
+            fully_shard(block, mp_policy=policy)
+        if part is model.trained:
+            fully_shard(part, mp_policy=policy)
+            continue
+        # a part that is not trained (the teacher): its root weights are freed after every use
+        # too, since its EMA step must see shards; it is run by these methods, not by forward
+        fully_shard(part, mp_policy=policy, reshard_after_forward=True)
+        for method in ("local_features", "forward_unmasked"):
+            if hasattr(part, method):
+                register_fsdp_forward_method(part, method)
 
 
 @contextlib.contextmanager
