@@ -9,7 +9,7 @@ and speech (data2vec 2.0, data2vec 1.0 on audio-tiny; keyword spotting).
 2. The comparison: with its learning rate, each objective's update time is measured and its
    schedule sized to end at --budget-minutes of wall clock, with checkpoints at 1/8, 1/4, 1/2 and
    all of it. Every checkpoint gets a linear probe (frozen features; validation and test); the last
-   one also a short full fine-tuning (images: modalities/image/finetune.py; text: Rotten Tomatoes
+   one also a short full fine-tuning (images: `data2vec2 finetune image-cls-tiny`; text: Rotten Tomatoes
    with modalities/text/finetune.py; speech: none, the probe only).
 Writes a JSON file (objective, lr, seconds, updates, samples, FLOPs, accuracies, hardware,
 versions) and two plots: accuracy against pre-training seconds and against FLOPs. The speed-up is
@@ -132,8 +132,7 @@ class ImageTasks:
     --probe-images others, the test split; fine-tuning from --finetune-images."""
 
     def __init__(self, args):
-        from data2vec2.modalities.image.data import Subset, open_image_source
-        from data2vec2.modalities.image.finetune import split_validation
+        from data2vec2.modalities.image.data import Subset, open_image_source, split_validation
 
         source = open_image_source("fashion-mnist:train", Path(args.cache), 1)
         fit_all, self.val = split_validation(source, 1000 if args.quick else 5000, seed=0)
@@ -141,8 +140,9 @@ class ImageTasks:
         if args.quick:
             self.test = Subset.sample(self.test, 1000, 0)
         self.fit = Subset.sample(fit_all, args.probe_images, 0)
-        self.finetune_fit = Subset.sample(fit_all, args.finetune_images, 0)
+        self.finetune_images, self.val_images = args.finetune_images, len(self.val)
         self.finetune_updates = args.finetune_updates
+        self.cache, self.quick = args.cache, args.quick
 
     def probe(self, encoder, config, test: bool) -> dict:
         from data2vec2.modalities.image.evaluate import extract_features
@@ -157,15 +157,29 @@ class ImageTasks:
             out["probe_test"] = linear_probe(*fit, *features(self.test), seed=0).test_accuracy
         return out
 
-    def finetune(self, encoder, config) -> dict:
-        from data2vec2.modalities.image.finetune import Recipe, finetune, load_images
+    def finetune(self, checkpoint: str, encoder, config) -> dict:
+        """`data2vec2 finetune image-cls-tiny` from the checkpoint: --finetune-updates of 64 images
+        from the first --finetune-images + the validation images of the training split, of which
+        the validation images are held out (the recipe's own seeded hold-out); the best checkpoint
+        by validation accuracy is scored on the test split."""
+        import tempfile
+
+        from data2vec2.finetune import finetune, load_finetune_config
+        from data2vec2.modalities import MODALITIES
 
         if self.finetune_updates <= 0:
             return {}
-        evals = {"val": load_images(self.val, config), "test": load_images(self.test, config)}
-        result = finetune(encoder, load_images(self.finetune_fit, config), evals,
-                          Recipe(updates=self.finetune_updates, batch_size=64, seed=0), 10, progress=False)
-        return {"finetune_val": result["accuracy"]["val"], "finetune_test": result["accuracy"]["test"]}
+        overrides = [f"finetune.init={checkpoint}", f"data.cache_dir={self.cache}", "train.batch_size=64",
+                     f"train.max_steps={self.finetune_updates}", "train.time_budget_s=0",
+                     f"data.limit={self.finetune_images + self.val_images}", f"finetune.valid_size={self.val_images}",
+                     f"finetune.eval_every={self.finetune_updates}", f"optim.warmup_steps={self.finetune_updates // 10}"]
+        if self.quick:
+            overrides.append("finetune.test=[]")
+        ft_config = load_finetune_config("image-cls-tiny", overrides, MODALITIES)
+        with tempfile.TemporaryDirectory() as run:
+            scores = finetune(ft_config, run, MODALITIES["image"], progress=False)["results"]["scores"]
+        return {"finetune_val": scores["valid"]["accuracy"],
+                **({"finetune_test": scores["fashion-mnist:test"]["accuracy"]} if not self.quick else {})}
 
 
 class TextTasks:
@@ -207,7 +221,7 @@ class TextTasks:
             out["probe_test"] = linear_probe(x["train"], y["train"], x["test"], y["test"], seed=0).test_accuracy
         return out
 
-    def finetune(self, encoder, config) -> dict:
+    def finetune(self, checkpoint: str, encoder, config) -> dict:
         import copy
 
         from data2vec2.modalities.text.finetune import Recipe, finetune
@@ -237,7 +251,7 @@ class AudioTasks:
         result = evaluate_kws({"pretrained": encoder}, self.train, self.test)["pretrained"]
         return {"probe_val": result["val_accuracy"], **({"probe_test": result["accuracy"]} if test else {})}
 
-    def finetune(self, encoder, config) -> dict:
+    def finetune(self, checkpoint: str, encoder, config) -> dict:
         return {}
 
 
@@ -249,7 +263,7 @@ def evaluate(points: list[dict], tasks, test: bool = True, finetune_last: bool =
         encoder, config = load_encoder_and_config(point["checkpoint"])
         point.update(tasks.probe(encoder, config, test))
         if finetune_last and point is points[-1]:
-            point.update(tasks.finetune(encoder, config))
+            point.update(tasks.finetune(point["checkpoint"], encoder, config))
         print(json.dumps({k: v for k, v in point.items() if k != "checkpoint"}), flush=True)
 
 

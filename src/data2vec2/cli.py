@@ -5,6 +5,7 @@ record's `add_commands`).
     data2vec2 presets                                      list the shipped presets
     data2vec2 prepare fashion-mnist|audio|text [--cache cache]   build a data set into the cache
     data2vec2 pretrain image-tiny --run-dir runs/x [k=v ...]  pre-train (auto-resumes)
+    data2vec2 finetune image-cls-tiny --init runs/x [--compare]  fine-tune a task (auto-resumes)
     torchrun --nproc_per_node=N -m data2vec2 pretrain ...  the same on N processes (DDP)
     data2vec2 export RUN --out DIR                         the encoder in its modality's export format
     data2vec2 import-fairseq CKPT --out DIR [--run-dir RUN]   a reference checkpoint: export / continue
@@ -33,10 +34,14 @@ def cmd_presets(args) -> None:
 
     for name in preset_names():
         config = load_config(name)
-        model = config.model
-        print(f"{name:12s} {model.modality}: D={model.embed_dim} blocks={model.prenet_depth}+{model.depth} "
-              f"heads={model.num_heads} M={config.masking.num_masks} batch={config.train.batch_size} "
-              f"updates={config.train.max_steps}")
+        model, train = config.model, config.train
+        if config.finetune.task:
+            print(f"{name:16s} {model.modality} {config.finetune.task} (fine-tuning: data2vec2 finetune {name} --init ...): "
+                  f"batch={train.batch_size} updates={train.max_steps} lr={config.optim.lr:g}")
+            continue
+        print(f"{name:16s} {model.modality}: D={model.embed_dim} blocks={model.prenet_depth}+{model.depth} "
+              f"heads={model.num_heads} M={config.masking.num_masks} batch={train.batch_size} "
+              f"updates={train.max_steps}")
 
 
 def cmd_pretrain(args) -> None:
@@ -51,6 +56,46 @@ def cmd_pretrain(args) -> None:
         distributed.cleanup()  # the process group (torchrun's, or train.fsdp's group of one)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps({k: v for k, v in result.items() if k != "last"} | {"last_loss": result["last"].get("loss")}))
+
+
+def cmd_finetune(args) -> None:
+    from .finetune import finetune, load_finetune_config
+    from .modalities import MODALITIES
+    from .train import distributed
+
+    overrides = list(args.overrides) + ([f"finetune.init={args.init}"] if args.init else [])
+    config = load_finetune_config(args.preset, overrides, MODALITIES)
+    if not config.finetune.task:
+        raise ConfigError(f"{args.preset} sets no finetune.task: it is a pre-training preset (data2vec2 pretrain); "
+                          f"the fine-tuning presets are listed by data2vec2 presets")
+    modality = MODALITIES[config.model.modality]
+    run = Path(args.run_dir or f"runs/{config.name}")
+    runs = {"": config}
+    if args.compare:  # the same recipe on the same data from a random encoder of the same architecture
+        if not config.finetune.init:
+            raise ConfigError("--compare needs finetune.init (--init): the encoder to compare with a random one")
+        runs = {"pretrained": config,
+                "random_init": load_finetune_config(args.preset, overrides + ["finetune.random_init=true"], MODALITIES)}
+    results = {}
+    try:
+        for name, run_config in runs.items():
+            out = finetune(run_config, run / name if name else run, modality, resume=not args.no_resume,
+                           progress=not args.no_progress)
+            results[name or "result"] = out.get("results")
+    finally:
+        distributed.cleanup()
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if args.compare and all(results.values()):
+        metric = results["pretrained"]["metric"]
+        summary = {"metric": metric, **{name: r["scores"] for name, r in results.items()}}
+        for split in results["pretrained"]["scores"]:
+            summary.setdefault("gain", {})[split] = (results["pretrained"]["scores"][split][metric]
+                                                     - results["random_init"]["scores"][split][metric])
+        (run / "comparison.json").write_text(json.dumps(summary, indent=1) + "\n")
+        print(json.dumps(summary))
+    elif results.get("result"):
+        print(json.dumps({"scores": results["result"]["scores"], "best_step": results["result"]["best_step"]}))
 
 
 def cmd_export(args) -> None:
@@ -148,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=5e-4")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune on a labelled task (a fine-tuning preset): validation, the best "
+                                        "checkpoint, results.json; resumes like pretrain")
+    p.add_argument("preset", help="a fine-tuning preset (data2vec2 presets: image-cls-tiny, ...) or a YAML file")
+    p.add_argument("--init", help="the encoder to start from: a run folder, a checkpoint or an export "
+                                  "(finetune.init; its architecture is used)")
+    p.add_argument("--run-dir", help="run folder (default runs/<preset name>)")
+    p.add_argument("--compare", action="store_true",
+                   help="also fine-tune a random encoder of the same architecture with the same recipe: "
+                        "RUN_DIR/pretrained, RUN_DIR/random_init and RUN_DIR/comparison.json")
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in the run folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export", help="write the encoder for use without the training code "
                                       "(text: a transformers model)")

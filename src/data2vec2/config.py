@@ -196,7 +196,28 @@ class TrainConfig:
     init_from: str = ""
 
 
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning (`data2vec2 finetune`): one of the modality's tasks on labelled data, on the same
+    trainer as pre-training. An empty `task` means the config pre-trains (`objective`)."""
+
+    task: str = ""  # a task of the modality (data2vec2 presets lists them): image classification, ...
+    # the encoder to start from: a pre-training run folder, a checkpoint, an export (also what
+    # `data2vec2 import-fairseq` writes); its architecture replaces `model`'s. "": `model` as given, random
+    init: str = ""
+    random_init: bool = False  # the init's architecture with random weights: the baseline of a comparison
+    valid: str = ""  # the validation data; "": valid_size samples of data.train held out, drawn with train.seed
+    valid_size: int = 5000
+    test: tuple[str, ...] = ()  # further data, scored with the best checkpoint when the run ends
+    eval_every: int = 500  # updates between validations (and one at the end); the best is kept
+    # block i (from 0) of the encoder's n prenet and shared blocks learns at lr x layer_decay^(n - i);
+    # the local encoder, the norms and the head at lr (the reference's choice). 1: no decay
+    layer_decay: float = 1.0
+    label_smoothing: float = 0.0  # classification: the target puts this much mass evenly on every class
+
+
 OBJECTIVES = ("data2vec2", "data2vec1", "mae", "mlm")
+PRE_TRAINING_SECTIONS = ("objective", "decoder", "masking", "targets", "loss", "ema", "guards")
 
 
 @dataclass
@@ -215,6 +236,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     guards: GuardConfig = field(default_factory=GuardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self, modality: "Modality", sections: tuple[str, ...] | None = None) -> "Config":
         """Range checks that types alone cannot express, the modality's own included. `sections`:
@@ -265,9 +287,19 @@ class Config:
             (data.on_bad_file in ("skip", "stop"), "data.on_bad_file", "must be skip or stop"),
             (data.num_workers >= -1, "data.num_workers", "must be >= 0, or -1 (from the CPUs)"),
             (data.limit >= 0, "data.limit", "must be >= 0 (0: all)"),
+            (not self.finetune.task or self.finetune.task in modality.tasks, "finetune.task",
+             f"the {modality.name} tasks are {', '.join(modality.tasks) or 'none yet'}"),
+            (self.finetune.valid_size >= 1, "finetune.valid_size", "must be >= 1"),
+            (self.finetune.eval_every >= 1, "finetune.eval_every", "must be >= 1"),
+            (0.0 < self.finetune.layer_decay <= 1.0, "finetune.layer_decay", "must be in (0, 1]"),
+            (0.0 <= self.finetune.label_smoothing < 1.0, "finetune.label_smoothing", "must be in [0, 1)"),
+            (not self.finetune.random_init or bool(self.finetune.init), "finetune.random_init",
+             "takes the architecture of finetune.init: name one"),
         ]
+        # a fine-tuning config trains no decoder and no teacher: those sections are not read
+        skipped = PRE_TRAINING_SECTIONS if self.finetune.task else ()
         for ok, key, message in checks + modality.check_config(self):
-            if not ok and (sections is None or key.split(".")[0] in sections):
+            if not ok and (sections is None or key.split(".")[0] in sections) and key.split(".")[0] not in skipped:
                 raise ConfigError(f"{key}: {message}")
         return self
 

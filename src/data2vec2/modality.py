@@ -7,7 +7,7 @@ takes a record as an argument and calls its functions; it never imports a modali
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,37 @@ class PretrainingData:
     collate: Any  # set_epoch(epoch); __call__(items) -> the batch dict of data/collate.py
     step_flops: float  # model FLOPs of one update at the configured global batch
     lengths: list[int] | None = None  # per-sample sizes: batches are then bucketed by length (audio)
+
+
+@dataclass
+class TaskData:
+    """Labelled data of a fine-tuning task, as the training loop and the evaluation read it."""
+
+    dataset: torch.utils.data.Dataset  # items: {"index", "inputs", "target"} or {"index", "error"}
+    collate: Any  # set_epoch(epoch); __call__(items) -> {"inputs", "target", "count", "index", "errors", "exhausted"}
+    labels: list[str]  # the classes in order (or the CTC vocabulary): what the head's outputs mean
+    lengths: list[int] | None = None  # per-sample sizes: batches are then bucketed by length (audio)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A fine-tuning task a modality supplies (`finetune.task`); the core runs it (finetune.py)."""
+
+    name: str
+    # (config, spec, labels, train) -> TaskData: the data named `spec` (data.train, finetune.valid, a
+    # test split); `labels`: those of the training data (None: this is the training data, which
+    # defines them); `train`: with augmentation. A bad spec, an unlabelled sample, a label the
+    # training data lacks: DataError naming it
+    data: Callable[..., TaskData]
+    # (encoder, config, labels) -> the objective: forward(batch) -> LossOutput over the batch, and
+    # predict(batch) -> one output per sample (CPU); `encoder`, `trained`, parts() as every objective
+    build: Callable[..., nn.Module]
+    # (outputs, targets, labels) -> {metric: value}: every metric of the task on a split
+    score: Callable[..., dict[str, float]]
+    metric: str  # the one that chooses the best checkpoint
+    higher_is_better: bool = True
+    # (config, batch) -> FLOPs of one update at the configured batch (None: counted on the first batch)
+    step_flops: Callable[[Any], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,3 +87,5 @@ class Modality:
     # the reference's parameter names and settings, for `data2vec2 import-fairseq`
     # (fairseq_import.FairseqLayout; None: not importable)
     fairseq: Any = None
+    # its fine-tuning tasks, by the name `finetune.task` gives
+    tasks: dict[str, Task] = field(default_factory=dict)

@@ -1,15 +1,18 @@
-"""Batching for pre-training, the same for every modality: masks are drawn in the DataLoader
-workers, and every random draw of a sample comes from its own stream, seeded by (seed, epoch, sample
-index, stream). A sample therefore gets the same augmentation, masks and mask-token noise in a
-resumed run and in a run on any number of processes.
+"""Batching, the same for every modality: masks (pre-training) and augmentations are drawn in the
+DataLoader workers, and every random draw of a sample comes from its own stream, seeded by (seed,
+epoch, sample index, stream). A sample therefore gets the same augmentation, masks and mask-token
+noise in a resumed run and in a run on any number of processes.
 
-A batch is a dict:
+A pre-training batch is a dict:
     inputs      (B, ...)    the samples, stacked (images), cropped (audio) or padded (text)
     mask        (B*M, T)    bool, True = masked; rows b*M .. b*M+M-1 belong to sample b
     noise_seed  (B,)        int64, seeds the mask-token noise of each sample
+    num_masked, masked_per_row   ints: the masked count, in all and per row
     index       (B,)        int64, the samples' dataset indices
     errors      list[str]   messages of the samples that could not be read (left out or replaced)
     exhausted   bool        a sample could not be replaced: no readable sample is left
+A fine-tuning batch has "inputs", "target" (the task's) and "count" (what the loss is averaged
+over: samples) in place of the mask, noise seeds and counts.
 """
 
 from __future__ import annotations
@@ -32,19 +35,19 @@ class Stream(IntEnum):
     CROP = 3  # audio: the crop of a long file
     BATCH_CROP = 4  # audio: the crop of each sample to the batch's shortest
     REPLACE = 5  # the order in which an unreadable sample's replacements are tried
+    MIX = 6  # fine-tuning: mixup / cutmix of a batch (the stream of its first sample)
 
 
 def sample_rng(seed: int, epoch: int, index: int, stream: Stream) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, int(index), int(stream)])
 
 
-class MaskingCollate:
-    """The common part of every modality's collate: it keeps the epoch, leaves unreadable samples
-    out (reporting them), seeds each sample's streams and assembles the batch. A modality supplies
-    `inputs_and_masks`."""
+class Collate:
+    """What every collate shares: it keeps the epoch, leaves unreadable samples out (reporting them),
+    gives each sample its streams, and assembles the readable ones with the subclass's `assemble`."""
 
-    def __init__(self, masking: MaskingConfig, seed: int):
-        self.masking, self.seed = masking, seed
+    def __init__(self, seed: int):
+        self.seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -53,21 +56,42 @@ class MaskingCollate:
     def rng(self, index: int, stream: Stream) -> np.random.Generator:
         return sample_rng(self.seed, self.epoch, index, stream)
 
-    def inputs_and_masks(self, items: list[dict]) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """items: readable samples {"index", "inputs"} -> (inputs (B, ...), B arrays (M, T) bool)."""
+    def assemble(self, items: list[dict]) -> dict:
+        """Readable samples {"index", "inputs", ...} -> the batch's tensors."""
+        raise NotImplementedError
+
+    def empty(self) -> dict:
+        """The tensors of a batch without a readable sample."""
         raise NotImplementedError
 
     def __call__(self, items: list[dict]) -> dict:
         good = [s for s in items if "error" not in s]
         errors = [e for s in items for e in ([s["error"]] if "error" in s else s.get("replaced", []))]
         exhausted = any(s.get("exhausted", False) for s in items)
-        if not good:
-            return {"inputs": torch.empty(0), "mask": torch.zeros(0, 0, dtype=torch.bool), "num_masked": 0,
-                    "masked_per_row": 0, "noise_seed": torch.zeros(0, dtype=torch.int64), "index": torch.zeros(0, dtype=torch.int64),
-                    "errors": errors, "exhausted": exhausted}
-        inputs, masks = self.inputs_and_masks(good)
+        batch = self.assemble(good) if good else self.empty()
+        return {**batch, "index": torch.tensor([int(s["index"]) for s in good], dtype=torch.int64),
+                "errors": errors, "exhausted": exhausted}
+
+
+class MaskingCollate(Collate):
+    """Pre-training: a modality supplies `inputs_and_masks`; the noise seeds and counts are added."""
+
+    def __init__(self, masking: MaskingConfig, seed: int):
+        super().__init__(seed)
+        self.masking = masking
+
+    def inputs_and_masks(self, items: list[dict]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """items: readable samples {"index", "inputs"} -> (inputs (B, ...), B arrays (M, T) bool)."""
+        raise NotImplementedError
+
+    def empty(self) -> dict:
+        return {"inputs": torch.empty(0), "mask": torch.zeros(0, 0, dtype=torch.bool), "num_masked": 0,
+                "masked_per_row": 0, "noise_seed": torch.zeros(0, dtype=torch.int64)}
+
+    def assemble(self, items: list[dict]) -> dict:
+        inputs, masks = self.inputs_and_masks(items)
         mask = np.concatenate(masks)  # (B*M, T)
-        seeds = [self.rng(s["index"], Stream.NOISE).integers(2**62) for s in good]
+        seeds = [self.rng(s["index"], Stream.NOISE).integers(2**62) for s in items]
         return {
             "inputs": inputs,
             "mask": torch.from_numpy(mask),
@@ -75,9 +99,6 @@ class MaskingCollate:
             "num_masked": int(mask.sum()),
             "masked_per_row": int(mask[0].sum()),
             "noise_seed": torch.tensor(seeds, dtype=torch.int64),
-            "index": torch.tensor([int(s["index"]) for s in good], dtype=torch.int64),
-            "errors": errors,
-            "exhausted": exhausted,
         }
 
 

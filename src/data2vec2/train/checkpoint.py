@@ -33,11 +33,12 @@ STATE_FILE = "state.pt"  # in a sharded checkpoint's folder: all but the model a
 SHARDED_INDEX = ".metadata"  # in a sharded checkpoint's folder: where each tensor's shards are
 
 
-def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
+def save_checkpoint(state: dict, folder: Path, step: int, keep: int, keep_also: int | None = None) -> Path:
     """Write `state` as step_<step>.pt and last.pt. Each name only ever appears by a rename of a
     complete, synced file: step_<step>.pt from a fresh temporary file, last.pt from a fresh hard
     link to it (a copy where links are not supported). A kill at any point leaves every visible
-    file complete, with the content its name says. Step files beyond the `keep` newest are removed."""
+    file complete, with the content its name says. Step files beyond the `keep` newest are removed,
+    but for that of update `keep_also` (the best of a fine-tuning run)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step_{step:09d}.pt"
     tmp = folder / f".{target.name}.tmp"
@@ -50,12 +51,12 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
     except OSError:
         _write(state, tmp_last)
     os.replace(tmp_last, folder / "last.pt")
-    _remove_old(folder, target, keep)
+    _remove_old(folder, target, keep, keep_also)
     return target
 
 
 def save_sharded_checkpoint(write_shards: Callable[[Path], None], state: dict, folder: Path, step: int, keep: int,
-                            is_main: bool) -> Path:
+                            is_main: bool, keep_also: int | None = None) -> Path:
     """The sharded counterpart of `save_checkpoint`, called by every process: all write their
     shards (`write_shards(path)`) into a fresh temporary folder, the main process adds `state` and
     renames the folder to step_<step>, then points `last` at it with a fresh symbolic link renamed
@@ -77,14 +78,15 @@ def save_sharded_checkpoint(write_shards: Callable[[Path], None], state: dict, f
         tmp_last.unlink(missing_ok=True)
         os.symlink(target.name, tmp_last)
         os.replace(tmp_last, folder / "last")
-        _remove_old(folder, target, keep)
+        _remove_old(folder, target, keep, keep_also)
     barrier()
     return target
 
 
-def _remove_old(folder: Path, newest: Path, keep: int) -> None:
-    """Step checkpoints (of the newest's kind) beyond the `keep` newest."""
-    steps = sorted(p for p in folder.glob("step_*") if STEP_FILE.search(p.name) and p.is_dir() == newest.is_dir())
+def _remove_old(folder: Path, newest: Path, keep: int, keep_also: int | None = None) -> None:
+    """Step checkpoints (of the newest's kind) beyond the `keep` newest, but for update `keep_also`'s."""
+    steps = sorted(p for p in folder.glob("step_*") if STEP_FILE.search(p.name) and p.is_dir() == newest.is_dir()
+                   and int(STEP_FILE.search(p.name).group(1)) != keep_also)
     for old in steps[:-keep] if keep > 0 else steps:
         if old != newest and old.is_dir():
             shutil.rmtree(old)
@@ -109,8 +111,9 @@ def remove_partial_files(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-RESUME_KEYS = ("student", "teacher", "optimizer", "scheduler", "step", "rng", "config")
+RESUME_KEYS = ("optimizer", "scheduler", "step", "rng", "config")  # + the model's parts (PRE_TRAINING_PARTS before 0.3)
 SHARDED_RESUME_KEYS = ("scheduler", "step", "rng", "config")  # + the model and optimizer shards
+PRE_TRAINING_PARTS = ["student", "teacher"]
 
 
 def load_resume_state(run_dir: Path) -> dict | None:
@@ -182,10 +185,12 @@ def non_finite_anywhere(state_dict: dict) -> list[str]:
 
 def _check_resume_state(state, path: Path) -> None:
     """Every key there; the weights finite (a sharded checkpoint's are checked once loaded)."""
-    keys = SHARDED_RESUME_KEYS if isinstance(state, dict) and "sharded" in state else RESUME_KEYS
+    sharded = isinstance(state, dict) and "sharded" in state
+    parts = state.get("parts", PRE_TRAINING_PARTS) if isinstance(state, dict) else []
+    keys = SHARDED_RESUME_KEYS if sharded else RESUME_KEYS + tuple(parts)
     if not isinstance(state, dict) or any(k not in state for k in keys):
         raise TrainingError(f"{path} is not a data2vec2 training checkpoint")
-    for part in ("student", "teacher") if keys is RESUME_KEYS else ():
+    for part in () if sharded else parts:
         bad = non_finite(state[part])
         if bad:
             raise TrainingError(f"{path}: {part} tensor {bad[0]} is not finite")

@@ -1,16 +1,19 @@
-"""The pre-training loop: data in, updates (train/step.py), logs and checkpoints out. It knows
-nothing of modalities: the modality's record supplies the model's parts and the data."""
+"""The training loop of every run, pre-training and fine-tuning alike: data in, updates
+(train/step.py), logs, checkpoints and validations out. It knows nothing of modalities or tasks: a
+`Job` supplies the data, the objective and how the run is judged."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm import tqdm
@@ -35,10 +38,28 @@ from .signals import StopRequests
 from .step import NonFiniteUpdate, train_step
 
 if TYPE_CHECKING:
-    from ..modality import Modality
+    from ..modality import Modality, PretrainingData
 
 # what a resumed run must share with the run that wrote its checkpoint
-RESUME_MUST_MATCH = ("model", "masking", "train.batch_size", "train.fsdp")
+RESUME_MUST_MATCH = ("model", "masking", "train.batch_size", "train.fsdp", "finetune.task")
+
+
+@dataclass
+class Job:
+    """What a run trains and how it is judged; the loop knows nothing else of it."""
+
+    data: Callable[[bool], "PretrainingData"]  # (show progress bars) -> dataset, collate, step_flops, lengths
+    # (resuming: a checkpoint will replace its weights) -> the objective (None: the config's pre-training one)
+    build_model: Callable[[bool], torch.nn.Module] | None = None
+    flops_by_hand: bool = True  # data().step_flops counts an update; False: count it on the first batch
+    # every `every` updates and at the end: scores on the validation data; the checkpoint whose
+    # `metric` is best (higher or lower) is kept, named in checkpoints/best.json
+    validate: Callable[[Training], dict[str, float]] | None = None
+    every: int = 0
+    metric: str = ""
+    higher_is_better: bool = True
+    state: dict = field(default_factory=dict)  # saved with every checkpoint; a resumed run must hold the same
+    finish: Callable[[Training, dict | None], dict] | None = None  # at the end, with the best: the run's results
 
 
 def _batches(loader, sampler: ResumableSampler, collate, dataset, start_step: int):
@@ -72,33 +93,47 @@ def _check_resumable(config: Config, saved: dict, run_dir: Path, modality: "Moda
             raise ConfigError(f"{key} differs from the checkpoint in {run_dir}; use a new run folder or --no-resume")
 
 
-def pretrain(config: Config, run_dir: str | Path, modality: "Modality", *, resume: bool = True, progress: bool = True,
-             max_steps: int | None = None) -> dict:
-    """Pre-train into `run_dir`; resumes automatically from run_dir/checkpoints/last(.pt). One process
-    (of torchrun's: rank 0) locks the folder for the run's life.
+def pretrain(config: Config, run_dir: str | Path, modality: "Modality", **options) -> dict:
+    """Pre-train into `run_dir` (see `train`)."""
+    job = Job(data=lambda progress: modality.pretraining_data(config, progress=progress),
+              # data2vec 2.0's FLOPs are counted by hand per modality; a baseline's or an ablation's on a batch
+              flops_by_hand=(config.objective == "data2vec2" and config.decoder.kind == "conv"
+                             and config.masking.drop_masked))
+    return train(config, run_dir, modality, job, **options)
+
+
+def train(config: Config, run_dir: str | Path, modality: "Modality", job: Job, *, resume: bool = True,
+          progress: bool = True, max_steps: int | None = None) -> dict:
+    """Train `job` into `run_dir`; resumes automatically from run_dir/checkpoints/last(.pt). One
+    process (of torchrun's: rank 0) locks the folder for the run's life.
 
     `max_steps` stops this invocation early (for tests); the schedule still follows the config.
-    Returns a summary dict (steps, seconds, stop reason, the last logged metrics, ...)."""
+    Returns a summary dict (steps, seconds, stop reason, the last logged metrics, the best
+    validation and the job's results, ...)."""
     run_dir = Path(run_dir)
     main = os.environ.get("RANK", "0") == "0"
     with RunLock(run_dir) if main else contextlib.nullcontext():
         if main:
             remove_partial_files(run_dir / "checkpoints")  # of a save that was killed
-        return _pretrain(config, run_dir, modality, resume=resume, progress=progress, max_steps=max_steps)
+        return _train(config, run_dir, modality, job, resume=resume, progress=progress, max_steps=max_steps)
 
 
-def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bool, progress: bool,
-              max_steps: int | None) -> dict:
+def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, resume: bool, progress: bool,
+           max_steps: int | None) -> dict:
     train = config.train
     if not config.data.train:
         raise ConfigError("data.train: name the training data (a prepared set, a folder or a manifest)")
     state = load_resume_state(run_dir) if resume else None
     if state is not None:
         _check_resumable(config, state["config"], run_dir, modality)
+        for key, value in job.state.items():
+            if key in state and state[key] != value:
+                raise ConfigError(f"the run in {run_dir} was trained with another {key} ({_short(state[key])}, now "
+                                  f"{_short(value)}); use a new run folder or --no-resume")
 
-    data = modality.pretraining_data(config, progress=progress and os.environ.get("RANK", "0") == "0")
+    data = job.data(progress and os.environ.get("RANK", "0") == "0")
     dataset = ReplaceUnreadable(data.dataset, train.seed) if config.data.on_bad_file == "skip" else data.dataset
-    training = setup_training(config, modality, state)
+    training = setup_training(config, modality, state, build_model=job.build_model)
     step = int(state["step"]) if state is not None else 0
     saved_step = step
     info = training.dist
@@ -124,11 +159,8 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
     with torch.random.fork_rng(devices=[training.device] if training.device.type == "cuda" else []):
         # the random test matrices must not come from the training stream (resume equality)
         peak = measure_matmul_flops(training.device, training.dtype) if info.is_main else 0.0
-    # data2vec 2.0's FLOPs are counted by hand per modality; a baseline's or an ablation's are counted
-    # on the first batch
     step_flops = data.step_flops
-    hand_counted = config.objective == "data2vec2" and config.decoder.kind == "conv" and config.masking.drop_masked
-    if not hand_counted and info.is_main:
+    if not job.flops_by_hand and info.is_main:
         first = data.collate([dataset[i] for i in range(min(training.micro_batch, len(dataset)))])
         step_flops = count_update_flops(training.model, first, training.device) * train.batch_size / training.micro_batch
     if info.is_main:
@@ -138,8 +170,10 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
               + (f" ({torch.get_num_threads()} threads)" if training.device.type == "cpu" else "") + ", "
               f"{str(training.dtype).replace('torch.', '')}, {info.world_size} process(es), "
               f"matmul peak {peak / 1e9:.0f} GFLOP/s" + (f", resuming at update {step}" if step else ""), flush=True)
+    best = _read_best(run_dir) if state is not None else None  # the best validation so far
 
-    bar = tqdm(total=total_steps, initial=step, disable=not (progress and info.is_main), desc="pretrain",
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and info.is_main),
+               desc="finetune" if job.validate is not None else "pretrain",
                dynamic_ncols=True, file=sys.stdout)
     skipped: set[str] = set()  # the messages of the unreadable files met so far, each printed once
     first_step, start_time = step, time.perf_counter()
@@ -192,17 +226,65 @@ def _pretrain(config: Config, run_dir: Path, modality: "Modality", *, resume: bo
                 logger.log(step, last)
                 window_time, window_samples, window_steps = now, 0, 0
                 _check_collapse(config, step, result.metrics)
-            if step % train.checkpoint_every == 0 or step == total_steps or out_of_time:
-                _save(training, step, run_dir)
+            end = step == train.max_steps or out_of_time
+            validate = job.validate is not None and (step % job.every == 0 or end)
+            if step % train.checkpoint_every == 0 or step == total_steps or out_of_time or validate:
+                _save(training, step, run_dir, job.state, keep_also=best["step"] if best else None)
                 saved_step = step
+            if validate:
+                best = _validate(training, job, step, run_dir, best, logger, bar)
             if out_of_time:
                 stop_reason = "time_budget"
                 break
 
     seconds = time.perf_counter() - start_time
     distributed.barrier()
-    return {"steps": step, "seconds": seconds, "stop_reason": stop_reason, "last": last,
-            "skipped_files": len(skipped), "run_dir": str(run_dir)}
+    result = {"steps": step, "seconds": seconds, "stop_reason": stop_reason, "last": last, "best": best,
+              "skipped_files": len(skipped), "run_dir": str(run_dir)}
+    if job.finish is not None and (step == train.max_steps or stop_reason == "time_budget"):
+        result["results"] = job.finish(training, best)
+    return result
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+BEST_FILE = "best.json"  # checkpoints/best.json: {"step", "metric", "value", "scores"}
+
+
+def _read_best(run_dir: Path) -> dict | None:
+    path = run_dir / "checkpoints" / BEST_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _validate(training: Training, job: Job, step: int, run_dir: Path, best: dict | None, logger: MetricsLogger,
+              bar) -> dict | None:
+    """Score the validation data at update `step` (every process takes part), log it, and name this
+    update's checkpoint the best when its metric beats the best so far. The training's random
+    streams are left as they were, so that a resumed run validates and trains the same."""
+    with torch.random.fork_rng(devices=[training.device] if training.device.type == "cuda" else []):
+        scores = job.validate(training)
+    training.model.train()
+    logger.log(step, {f"valid_{k}": v for k, v in scores.items()})
+    value = scores[job.metric]
+    better = best is None or (value > best["value"] if job.higher_is_better else value < best["value"])
+    bar.write(f"[data2vec2] update {step}: valid " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+              + (" (best so far)" if better else f" (best: {best['value']:.4f} at update {best['step']})"),
+              file=sys.stdout) if training.dist.is_main else None
+    if not better:
+        return best
+    best = {"step": step, "metric": job.metric, "value": value, "scores": scores}
+    if training.dist.is_main:
+        path = run_dir / "checkpoints" / BEST_FILE
+        tmp = path.with_name(f".{BEST_FILE}.tmp")
+        tmp.write_text(json.dumps(best) + "\n")
+        os.replace(tmp, path)
+    return best
 
 
 def _report_unreadable(micro_batches: list[dict], config: Config, num_samples: int, skipped: set[str],
@@ -247,8 +329,9 @@ def _check_collapse(config: Config, step: int, metrics: dict) -> None:
                             f"{guards.min_local_std} at update {step}: the local encoder has collapsed")
 
 
-def _save(training: Training, step: int, run_dir: Path) -> None:
-    """A checkpoint of update `step`; refused (nothing written) if any weight is not finite."""
+def _save(training: Training, step: int, run_dir: Path, extra: dict | None = None, keep_also: int | None = None) -> None:
+    """A checkpoint of update `step` (with `extra`, the job's state); refused (nothing written) if
+    any weight is not finite. The step checkpoint `keep_also` (the best) is kept beside the newest."""
     parts = training.model.parts()
     for name, part in parts.items():
         bad = non_finite_anywhere(part.state_dict())
@@ -263,16 +346,18 @@ def _save(training: Training, step: int, run_dir: Path) -> None:
         "threads": torch.get_num_threads(),
         "config": config_to_dict(training.config),
         "versions": {"data2vec2": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+        "parts": list(parts),
+        **(extra or {}),
     }
     folder, keep = run_dir / "checkpoints", training.config.train.keep_checkpoints
     if training.config.train.fsdp:
         from .sharded_checkpoint import save_sharded  # (a second to import: only for sharded runs)
 
         save_sharded_checkpoint(lambda path: save_sharded(training.model, training.optimizer, path), state, folder,
-                                step, keep, training.dist.is_main)
+                                step, keep, training.dist.is_main, keep_also=keep_also)
         return
     if training.dist.is_main:
         state.update({name: part.state_dict() for name, part in parts.items()},
                      optimizer=training.optimizer.state_dict())
-        save_checkpoint(state, folder, step, keep)
+        save_checkpoint(state, folder, step, keep, keep_also=keep_also)
     distributed.barrier()

@@ -11,25 +11,28 @@ from ..config import OptimConfig
 from ..errors import ConfigError
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+def param_groups(model: nn.Module, cfg: OptimConfig, lr_scales: dict[str, float] | None = None) -> list[dict]:
     """By default every trainable parameter is decayed, as the reference code effectively does
     (its 1-D exemption is never applied: fairseq/optim/composite.py). With `decay_1d_params: false`, biases, norm
-    gains and other 1-D (or 0-D) parameters and the CLS token get no weight decay."""
-    decay, no_decay = [], []
+    gains and other 1-D (or 0-D) parameters and the CLS token get no weight decay. `lr_scales`:
+    parameter name -> the factor of its learning rate (fine-tuning's layer decay; 1 if absent)."""
+    groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         exempt = not cfg.decay_1d_params and (p.ndim <= 1 or name.endswith(".bias") or "cls_token" in name)
-        (no_decay if exempt else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        scale = (lr_scales or {}).get(name, 1.0)
+        groups.setdefault((scale, 0.0 if exempt else cfg.weight_decay), []).append(p)
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[0][0], -kv[0][1]))  # decayed first, then by scale
+    return [{"params": ps, "weight_decay": decay, "lr": cfg.lr * scale, "lr_scale": scale}
+            for (scale, decay), ps in ordered]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device,
+                    lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
     fused = device.type == "cuda"
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+    return torch.optim.AdamW(param_groups(model, cfg, lr_scales), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             fused=fused)
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
@@ -68,12 +71,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_step
         last_epoch=start_step - 1)
 
 
-def apply_optim_config(optimizer: torch.optim.Optimizer, model: nn.Module, cfg: OptimConfig) -> None:
+def apply_optim_config(optimizer: torch.optim.Optimizer, model: nn.Module, cfg: OptimConfig,
+                       lr_scales: dict[str, float] | None = None) -> None:
     """Set the hyper-parameters of a restored optimizer from `cfg` (its moments stay): what a resume
     with changed optim.* settings does. The schedule is rebuilt from `cfg` by `build_scheduler`."""
-    groups = param_groups(model, cfg)
+    groups = param_groups(model, cfg, lr_scales)
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
-        raise ConfigError("optim.decay_1d_params differs from the checkpoint's: the parameter groups would change; "
-                          "use a new run folder or --no-resume")
+        raise ConfigError("optim.decay_1d_params (or finetune.layer_decay) differs from the checkpoint's: the "
+                          "parameter groups would change; use a new run folder or --no-resume")
     for group, new in zip(optimizer.param_groups, groups):
-        group.update(initial_lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=new["weight_decay"])
+        group.update(initial_lr=new["lr"], lr_scale=new["lr_scale"], betas=cfg.betas, eps=cfg.eps,
+                     weight_decay=new["weight_decay"])

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -21,7 +21,7 @@ from ..config import Config, config_to_dict
 from ..errors import ConfigError, TrainingError
 from ..model import Data2Vec2
 from ..nn.blocks import Block
-from ..objectives import build_model
+from ..objectives import build_model as build_objective
 from . import distributed
 from .checkpoint import load_checkpoint, non_finite, non_finite_anywhere, with_current_names
 from .optim import Progress, apply_optim_config, build_optimizer, build_scheduler
@@ -174,10 +174,12 @@ class Training:
         return train.batch_size // (self.dist.world_size * train.grad_accum)
 
 
-def setup_training(config: Config, modality: "Modality", state: dict | None = None) -> Training:
-    """The model (initialised from `train.seed`, the same on every process), AdamW and its
-    schedule, restored from a checkpoint `state` when given; then the RNG of this process is set
-    (restored, or seeded with seed + rank) and the student wrapped."""
+def setup_training(config: Config, modality: "Modality", state: dict | None = None,
+                   build_model: Callable[[bool], torch.nn.Module] | None = None) -> Training:
+    """The model (`build_model(resuming)`, by default the config's pre-training objective, initialised from
+    `train.seed`, the same on every process), AdamW and its schedule, restored from a checkpoint
+    `state` when given; then the RNG of this process is set (restored, or seeded with seed + rank)
+    and the model wrapped."""
     train = config.train
     device = pick_device(train.device)
     info = distributed.init_distributed(device.type, group_of_one=train.fsdp)
@@ -199,7 +201,7 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
         torch.set_num_threads(pick_threads(train.threads, state.get("threads") if state else None))
         keep_freed_memory()
     torch.manual_seed(train.seed)  # the same initial weights on every process
-    model = build_model(config, modality).to(device)
+    model = (build_model(state is not None) if build_model is not None else build_objective(config, modality)).to(device)
     sharded_state = state is not None and "sharded" in state
     if state is not None and not sharded_state:
         for name, part in model.parts().items():
@@ -216,7 +218,9 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
             block.compile()
     if train.fsdp:
         shard_model(model, dtype)
-    optimizer = build_optimizer(model.trained, config.optim, device)  # of the sharded weights under FSDP
+    # of the sharded weights under FSDP; an objective may scale each parameter's learning rate (layer decay)
+    lr_scales = model.lr_scales() if hasattr(model, "lr_scales") else None
+    optimizer = build_optimizer(model.trained, config.optim, device, lr_scales)
     start_step = 0
     if state is not None:
         if sharded_state:
@@ -231,7 +235,7 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
             optimizer.load_state_dict(state["optimizer"])
         # The optimizer keeps its moments; its settings and the schedule come from the config, so a
         # resume with a changed optim.* (say a lower lr after a NaN) applies it from the saved step.
-        apply_optim_config(optimizer, model.trained, config.optim)
+        apply_optim_config(optimizer, model.trained, config.optim, lr_scales)
         start_step = int(state["step"])
         if info.is_main:
             _report_optim_changes(state.get("config", {}).get("optim", {}), config, start_step)

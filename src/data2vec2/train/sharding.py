@@ -49,6 +49,8 @@ def shard_model(model: nn.Module, dtype: torch.dtype) -> None:
             fully_shard(block, mp_policy=policy)
         if part is model.trained:
             fully_shard(part, mp_policy=policy)
+            if hasattr(part, "predict"):  # a fine-tuned model is also run by predict (evaluation)
+                register_fsdp_forward_method(part, "predict")
             continue
         # a part that is not trained (the teacher): its root weights are freed after every use
         # too, since its EMA step must see shards; it is run by these methods, not by forward

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ...export import write_encoder
 from ...modality import Modality
+from .classification import CLASSIFICATION
 from .commands import add_commands
 from .data import ImageDataSettings, pretraining_data, synthetic_batch
 from .encoder import ImageLocalEncoder, ImageSettings, build_decoder, step_flops
@@ -24,6 +25,12 @@ def check_config(config) -> list[tuple[bool, str, str]]:
          "data.mean and data.std need one value per channel"),
         (config.decoder.projection_layers == 1, "decoder.projection_layers",
          "must be 1: the image decoder ends in one Linear"),
+        (data.randaugment >= 0 and 0 <= data.randaugment_magnitude <= 30, "data.randaugment",
+         "data.randaugment must be >= 0 and data.randaugment_magnitude in [0, 30]"),
+        (0.0 <= data.random_erasing <= 1.0 and 0.0 <= data.mix_prob <= 1.0, "data.random_erasing",
+         "data.random_erasing and data.mix_prob must be in [0, 1]"),
+        (data.mixup >= 0 and data.cutmix >= 0, "data.mixup", "data.mixup and data.cutmix must be >= 0"),
+        (0.0 < data.eval_crop_pct <= 1.0, "data.eval_crop_pct", "must be in (0, 1]"),
     ]
 
 
@@ -48,4 +55,5 @@ IMAGE = Modality(
     read_export=None,
     add_commands=add_commands,
     fairseq=FAIRSEQ,
+    tasks={"classification": CLASSIFICATION},
 )

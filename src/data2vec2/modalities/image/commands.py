@@ -1,4 +1,5 @@
-"""The image commands: `prepare fashion-mnist`, `probe`, `knn`, `finetune`, `embed`, `demo`."""
+"""The image commands: `prepare fashion-mnist`, `probe`, `knn`, `embed`, `demo` (fine-tuning: `data2vec2
+finetune image-cls-tiny`, the task in classification.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 
 from ...errors import DataError
 from ...export import check_out, load_encoder_and_config
-from .finetune import Recipe
 
 
 def cmd_prepare(args, modality) -> None:
@@ -62,47 +62,6 @@ def cmd_demo(args, modality) -> None:
              budget_minutes=args.budget_minutes)
 
 
-def cmd_finetune(args, modality) -> None:
-    import torch
-
-    from ...model import random_encoder
-    from ...train.setup import pick_threads
-    from .data import Subset, open_image_source
-    from .finetune import finetune, load_images, split_validation
-
-    encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
-    if args.cache:
-        config.data.cache_dir = args.cache
-    cache, channels = Path(config.data.cache_dir), config.data.channels
-    train_source = open_image_source(args.train, cache, channels)
-    test_source = open_image_source(args.test, cache, channels)
-    fit_source, val_source = split_validation(train_source, args.val, args.seed)
-    if args.train_limit:
-        fit_source = Subset.sample(fit_source, args.train_limit, args.seed)
-    labels = [train_source.label(i) for i in range(min(len(train_source), 1000))]
-    if min(labels) < 0:
-        raise DataError("fine-tuning needs labelled images: put each class in its own sub-folder")
-    num_classes = len(train_source.class_names) or max(labels) + 1
-    print(f"[finetune] {len(fit_source)} training, {len(val_source)} validation, {len(test_source)} test images, "
-          f"{num_classes} classes", flush=True)
-    train = load_images(fit_source, config)
-    evals = {"val": load_images(val_source, config), "test": load_images(test_source, config)}
-    recipe = Recipe(updates=args.updates, lr=args.lr, layer_decay=args.layer_decay, batch_size=args.batch_size,
-                    seed=args.seed)
-    torch.set_num_threads(pick_threads(0))  # the free cores, as pre-training
-    result = {"model": str(args.model), "train": args.train, "test": args.test,
-              "pretrained": finetune(encoder, train, evals, recipe, num_classes, desc="finetune pre-trained")}
-    if not args.no_random:
-        baseline = random_encoder(config.model, modality, seed=args.seed)
-        result["random_init"] = finetune(baseline, train, evals, recipe, num_classes, desc="finetune random init")
-        result["gain_points"] = round(100 * (result["pretrained"]["accuracy"]["test"]
-                                             - result["random_init"]["accuracy"]["test"]), 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-
-
 def add_commands(sub, prepare, modality) -> None:
     """`sub`: the command line's sub-commands; `prepare`: those of `data2vec2 prepare`."""
     p = prepare.add_parser("fashion-mnist", help="Fashion-MNIST from its Debian package")
@@ -130,25 +89,6 @@ def add_commands(sub, prepare, modality) -> None:
         p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                        help="feature extraction precision (auto: bf16 where the CPU is fast at it)")
         p.set_defaults(func=cmd_evaluate, modality=modality)
-
-    p = sub.add_parser("finetune", help="image: full fine-tuning (layer decay, drop path, mixup/cutmix), "
-                                        "pre-trained vs random init in one run")
-    p.add_argument("model", help="an export folder, a run folder or a checkpoint file")
-    p.add_argument("--train", default="fashion-mnist:train", help="labelled images: fashion-mnist:train or a folder")
-    p.add_argument("--test", default="fashion-mnist:test")
-    p.add_argument("--val", type=int, default=5000, help="training images held out for validation (default 5000)")
-    p.add_argument("--train-limit", type=int, default=0, help="fine-tune on a seeded sample of this many (0: all)")
-    p.add_argument("--updates", type=int, default=Recipe.updates)
-    p.add_argument("--batch-size", type=int, default=Recipe.batch_size)
-    p.add_argument("--lr", type=float, default=Recipe.lr)
-    p.add_argument("--layer-decay", type=float, default=Recipe.layer_decay,
-                   help="layer-wise lr decay: each block gets this times the next block's lr, "
-                        "the last one this times --lr")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-random", action="store_true", help="skip the randomly initialised twin")
-    p.add_argument("--cache", help="the data cache (default: the run's data.cache_dir)")
-    p.add_argument("--out", help="also write the JSON result here")
-    p.set_defaults(func=cmd_finetune, modality=modality)
 
     p = sub.add_parser("embed", help="image: write features for a folder of images (.npy)")
     p.add_argument("model", help="an export folder, a run folder or a checkpoint file")

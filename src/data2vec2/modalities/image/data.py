@@ -49,6 +49,18 @@ class ImageDataSettings:
     hflip: bool = True
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # fine-tuning only (modalities/image/classification.py): RandAugment (operations per image, 0: off,
+    # and their magnitude), random erasing (probability), mixup / cutmix (Beta alphas; 0: off) on
+    # mix_prob of the batches
+    randaugment: int = 0
+    randaugment_magnitude: int = 9
+    random_erasing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    # evaluation: resize the short side to image_size / eval_crop_pct, then the centre crop (the
+    # reference's 224 / 256 for ImageNet; 1: no margin)
+    eval_crop_pct: float = 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,6 +427,12 @@ class Subset(ImageSource):
 
     def path(self, i: int) -> str:
         return self.source.path(self.indices[i])
+
+
+def split_validation(source: ImageSource, size: int, seed: int) -> tuple[Subset, Subset]:
+    """(the rest, `size` images held out) of `source`, drawn with `seed`, each in its original order."""
+    order = np.random.default_rng(seed).permutation(len(source))
+    return Subset(source, np.sort(order[size:])), Subset(source, np.sort(order[:size]))
 
 
 def open_source(config: Config, spec: str) -> ImageSource:

@@ -1,0 +1,263 @@
+"""Fine-tuning: one of the modality's tasks (`finetune.task`) on labelled data, on the same trainer as
+pre-training (train/loop.py): torchrun DDP or FSDP, bf16, exact resume, atomic checkpoints, the NaN
+guard, SIGTERM, the run lock, the time budget. What is added here, for every task alike:
+
+    config      the task's preset and overrides over the architecture of `finetune.init` (a run
+                folder, a checkpoint or an export): its encoder's shape and input settings
+    data        the task's training data; validation data (`finetune.valid`, or a seeded hold-out of
+                finetune.valid_size training samples); the label set, fixed by the training data
+    model       the task's objective around the encoder of `finetune.init` (or a random one); layer
+                decay of the learning rate over the encoder's blocks
+    validation  every finetune.eval_every updates and at the end, on every process; the best
+                checkpoint by the task's metric is kept (checkpoints/best.json names it)
+    results     at the end, the best checkpoint scored on the validation and every test split:
+                run_dir/results.json (every metric, machine, versions, date, command)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .config import Config, _merge, _read_yaml, config_from_dict, config_to_dict, parse_override, PRESET_DIR
+from .errors import ConfigError, DataError
+from .model import build_encoder
+from .modality import PretrainingData, TaskData
+from .train import distributed
+from .train.checkpoint import load_checkpoint, with_current_names
+from .train.loop import Job, train
+from .train.setup import Training, pick_workers
+from .train.step import on_device
+
+if TYPE_CHECKING:
+    from .modality import Modality, Task
+
+
+def load_finetune_config(preset_or_path: str, overrides: list[str] | tuple[str, ...],
+                         modalities: Mapping[str, "Modality"]) -> Config:
+    """A fine-tuning preset (or YAML file) and `key=value` overrides, over the architecture of
+    `finetune.init`: that encoder's `model` section and its modality's data keys (normalisation,
+    sample rate, tokenizer, ...) come first, the preset's keys (regularisation: drop path, dropouts)
+    and the overrides after them."""
+    from .export import load_encoder_and_config
+
+    path = Path(preset_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{preset_or_path}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset or file '{preset_or_path}'")
+    values = _read_yaml(path)
+    for item in overrides:
+        values = _merge(values, parse_override(item))
+    init = (values.get("finetune") or {}).get("init") if isinstance(values.get("finetune"), dict) else None
+    if init:
+        _, init_config = load_encoder_and_config(init, modalities)
+        saved = config_to_dict(init_config)
+        wanted = (values.get("model") or {}).get("modality")
+        if wanted and wanted != init_config.model.modality:
+            raise ConfigError(f"finetune.init: {init} is a {init_config.model.modality} encoder; {path.name} fine-tunes "
+                              f"{wanted}")
+        record = modalities[init_config.model.modality]
+        data_keys = {f for f in record.data_settings.__dataclass_fields__}
+        base = {"model": saved["model"], "data": {k: v for k, v in saved["data"].items() if k in data_keys}}
+        values = _merge(base, values)
+    return config_from_dict(values, modalities, source=str(path))
+
+
+def finetune(config: Config, run_dir: str | Path, modality: "Modality", **options) -> dict:
+    """Fine-tune into `run_dir` (resuming from its last checkpoint); `options` as train.loop.train.
+    Returns the loop's summary, with "results" (also in run_dir/results.json) when the run ends."""
+    task = modality.tasks[config.finetune.task]
+    run_dir = Path(run_dir)
+    parts: dict = {}
+
+    def data(progress: bool) -> PretrainingData:
+        fit, valid, labels = training_and_validation(config, task)
+        parts.update(valid=valid, labels=labels)
+        return PretrainingData(dataset=fit.dataset, collate=fit.collate, lengths=fit.lengths,
+                               step_flops=task.step_flops(config) if task.step_flops else 0.0)
+
+    def build_model(resuming: bool) -> nn.Module:
+        return build_objective(config, modality, task, parts["labels"], resuming)
+
+    def validate(training: Training) -> dict[str, float]:
+        return evaluate(training.model, task, parts["valid"], parts["labels"], config, training.device,
+                        training.autocast)
+
+    def finish(training: Training, best: dict | None) -> dict:
+        return final_results(training, task, parts, best, run_dir)
+
+    # the label set: what the head's outputs mean, fixed by the training data; checked on resume
+    labels = task.data(config, config.data.train, None, False).labels
+    job = Job(data=data, build_model=build_model, flops_by_hand=task.step_flops is not None, validate=validate,
+              every=config.finetune.eval_every, metric=task.metric, higher_is_better=task.higher_is_better,
+              state={"task": {"name": task.name, "labels": labels}}, finish=finish)
+    return train(config, run_dir, modality, job, **options)
+
+
+def training_and_validation(config: Config, task: "Task") -> tuple[TaskData, TaskData, list[str]]:
+    """The training data (augmented) and the validation data, and the labels of the training data."""
+    fit = task.data(config, config.data.train, None, True)
+    labels = fit.labels
+    if config.finetune.valid:
+        return fit, task.data(config, config.finetune.valid, labels, False), labels
+    # a seeded hold-out of the training data, read without augmentation
+    plain = task.data(config, config.data.train, labels, False)
+    n = len(fit.dataset)
+    size = config.finetune.valid_size
+    if size > n // 5:
+        size = max(1, n // 5)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"[data2vec2] data.train has {n} samples: {size} (a fifth) are held out for validation instead of "
+                  f"finetune.valid_size={config.finetune.valid_size} (set it, or finetune.valid)", flush=True)
+    if n - size < 1:
+        raise DataError(f"data.train={config.data.train}: {n} sample(s), too few to hold some out for validation; "
+                        f"give finetune.valid")
+    order = np.random.default_rng(config.train.seed).permutation(n)
+    held, kept = np.sort(order[:size]), np.sort(order[size:])
+    return subset(fit, kept), subset(plain, held), labels
+
+
+def subset(data: TaskData, indices) -> TaskData:
+    indices = [int(i) for i in indices]
+    lengths = [data.lengths[i] for i in indices] if data.lengths is not None else None
+    return TaskData(dataset=Indexed(data.dataset, indices), collate=data.collate, labels=data.labels, lengths=lengths)
+
+
+class Indexed(torch.utils.data.Dataset):
+    """Samples `indices` of a dataset, renumbered 0..n-1 (set_epoch passed on)."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[self.indices[i]], "index": i}
+
+
+def build_objective(config: Config, modality: "Modality", task: "Task", labels: list[str], resuming: bool) -> nn.Module:
+    """The task's objective around the encoder of `finetune.init` (its weights, unless
+    `finetune.random_init` or a checkpoint of this run will replace them), built with the
+    fine-tuning config (its drop path and dropouts)."""
+    encoder = build_encoder(config.model, modality)
+    if config.finetune.init and not config.finetune.random_init and not resuming:
+        from .export import load_encoder_and_config
+
+        pretrained, _ = load_encoder_and_config(config.finetune.init, {modality.name: modality})
+        encoder.load_state_dict(with_current_names(pretrained.state_dict(), encoder))
+    model = task.build(encoder, config, labels)
+    return model
+
+
+def layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Layer decay (BEiT; the reference's `MaeImageClassificationModel`): with n = the encoder's
+    prenet and shared blocks, block i (from 0) learns at lr x layer_decay^(n - i), so the last
+    block gets layer_decay^1; every other parameter (local encoder, norms, head) keeps lr."""
+    encoder = model.encoder
+    blocks = list(encoder.prenet) + list(encoder.blocks)
+    n = len(blocks)
+    depth = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
+    return {name: layer_decay ** (n - depth[id(p)]) for name, p in model.named_parameters() if id(p) in depth}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: "Task", data: TaskData, labels: list[str], config: Config,
+             device: torch.device, autocast) -> dict[str, float]:
+    """Every metric of the task on `data`, the model in eval mode. Each process scores its share of
+    the samples (padded so that all run as many batches, which sharded models need); the outputs
+    are gathered and scored once, in the samples' order."""
+    info_rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
+        if distributed.is_distributed() else (0, 1)
+    n = len(data.dataset)
+    share = -(-n // world)
+    mine = [(info_rank + world * k) % n for k in range(share)]
+    batch_size = max(1, config.train.batch_size // (world * config.train.grad_accum))
+    workers = pick_workers(config.data.num_workers)
+    loader = torch.utils.data.DataLoader(data.dataset, batch_size=batch_size, sampler=mine, collate_fn=data.collate,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    indices, outputs, targets = [], [], []
+    try:
+        for batch in loader:
+            if batch["errors"]:
+                raise DataError(batch["errors"][0])
+            with autocast():
+                out = model.predict(on_device(batch, device))
+            indices += batch["index"].tolist()
+            outputs += out
+            targets += list(batch["target"])
+    finally:
+        model.train(was_training)
+    gathered = distributed.all_gather_objects((indices, outputs, targets))
+    by_index = {}
+    for part in gathered:
+        for i, o, t in zip(*part):
+            by_index.setdefault(i, (o, t))
+    order = sorted(by_index)
+    return task.score([by_index[i][0] for i in order], [by_index[i][1] for i in order], labels)
+
+
+def final_results(training: Training, task: "Task", parts: dict, best: dict | None, run_dir: Path) -> dict:
+    """The best checkpoint (or the last weights, without validation) scored on the validation data
+    and on every `finetune.test` split; written to run_dir/results.json by the main process."""
+    config = training.config
+    if best is not None and best["step"] != _last_step(run_dir):
+        _load_weights(training, run_dir, best["step"])
+    splits = {"valid": parts["valid"]}
+    for spec in config.finetune.test:
+        splits[spec] = task.data(config, spec, parts["labels"], False)
+    scores = {name: evaluate(training.model, task, data, parts["labels"], config, training.device, training.autocast)
+              for name, data in splits.items()}
+    from .benchmark import machine
+
+    results = {"task": task.name, "metric": task.metric, "best_step": best["step"] if best else None,
+               "scores": scores, "labels": parts["labels"], "init": config.finetune.init,
+               "random_init": config.finetune.random_init, "train": config.data.train,
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
+               "precision": str(training.dtype).replace("torch.", ""), "processes": training.dist.world_size,
+               **machine(), "data2vec2": __version__, "python": platform.python_version()}
+    if training.dist.is_main:
+        tmp = run_dir / ".results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        os.replace(tmp, run_dir / "results.json")
+        print("[data2vec2] " + "; ".join(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items())
+                                         for name, s in scores.items()) + f" (results in {run_dir / 'results.json'})",
+              flush=True)
+    return results
+
+
+def _last_step(run_dir: Path) -> int | None:
+    from .train.checkpoint import load_resume_state
+
+    state = load_resume_state(run_dir)
+    return int(state["step"]) if state else None
+
+
+def _load_weights(training: Training, run_dir: Path, step: int) -> None:
+    """The model's weights of the step checkpoint `step` (every process)."""
+    folder = run_dir / "checkpoints"
+    if training.config.train.fsdp:
+        from .train.sharded_checkpoint import load_sharded
+
+        load_sharded(training.model, training.optimizer, folder / f"step_{step:09d}")
+        return
+    state = load_checkpoint(folder / f"step_{step:09d}.pt")
+    for name, part in training.model.parts().items():
+        part.load_state_dict(state[name])

@@ -1,0 +1,262 @@
+"""Fine-tuning as a training job (finetune.py, train/loop.py, each modality's tasks): every task runs on
+the trainer of pre-training, resumes exactly, runs on 2 DDP processes as on 1 with accumulation,
+keeps its best checkpoint, writes results.json, starts from every kind of artefact, and answers bad
+input with one line. Parametrized over the tasks of the modality table, on tiny real data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL
+from PIL import Image
+
+import data2vec2
+from data2vec2.config import config_from_dict, config_to_dict, preset_names
+from data2vec2.errors import ConfigError, DataError
+from data2vec2.finetune import finetune, layer_scales, load_finetune_config
+from data2vec2.modalities import MODALITIES
+from data2vec2.train.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+# a small version of each task's tiny preset: same code paths, tiny sizes (every augmentation on)
+TASKS = {
+    ("image", "classification"): ("image-cls-tiny", [
+        "train.batch_size=16", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
+        "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3", "finetune.valid_size=40",
+        "finetune.test=[]", "data.limit=200", "data.num_workers=0"]),
+}
+
+
+@pytest.fixture(scope="session")
+def image_init(cache_dir, tmp_path_factory) -> Path:
+    """A pre-training run of a very small image-tiny (5 updates): the encoder fine-tuning starts from."""
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    data2vec2.pretrain(data2vec2.load_config("image-tiny", SMALL + [f"data.cache_dir={cache_dir}", "train.max_steps=5"]),
+                       run, progress=False)
+    return run
+
+
+@pytest.fixture(params=list(TASKS), ids=lambda key: "-".join(key))
+def task(request, cache_dir, image_init) -> tuple[str, list[str]]:
+    """(preset, overrides) of a tiny fine-tuning of each task, from a tiny pre-trained encoder."""
+    modality, _ = request.param
+    preset, overrides = TASKS[request.param]
+    init = {"image": image_init}[modality]
+    return preset, overrides + [f"finetune.init={init}", f"data.cache_dir={cache_dir}"]
+
+
+def run(preset: str, overrides: list[str], run_dir: Path, **options) -> dict:
+    config = load_finetune_config(preset, overrides, MODALITIES)
+    return finetune(config, run_dir, MODALITIES[config.model.modality], progress=False, **options)
+
+
+def weights(run_dir: Path, name: str = "last.pt") -> dict:
+    return torch.load(run_dir / "checkpoints" / name, weights_only=True)["model"]
+
+
+def test_every_modality_task_is_in_the_test_table():
+    assert {(m.name, t) for m in MODALITIES.values() for t in m.tasks} == set(TASKS)
+
+
+@pytest.mark.parametrize("preset", [n for n in preset_names() if data2vec2.load_config(n).finetune.task])
+def test_every_finetuning_preset_names_a_task_of_its_modality_and_reads_back(preset):
+    config = data2vec2.load_config(preset)
+    assert config.finetune.task in MODALITIES[config.model.modality].tasks
+    assert (config.model.modality, config.finetune.task) in TASKS
+    saved = config_to_dict(config)
+    assert config_to_dict(config_from_dict(saved, MODALITIES, saved=True)) == saved
+
+
+def test_a_finetuning_keeps_its_best_checkpoint_and_writes_results(task, tmp_path):
+    preset, overrides = task
+    result = run(preset, overrides, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(r["loss"]) for r in rows
+                                                                                  if "loss" in r)
+    valid = [r for r in rows if any(k.startswith("valid_") for k in r)]
+    assert [r["step"] for r in valid] == [3, 6]
+    best = json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())
+    metric = best["metric"]
+    values = {r["step"]: r[f"valid_{metric}"] for r in valid}
+    assert best["value"] == max(values.values()) and values[best["step"]] == best["value"]
+    assert (tmp_path / "run" / "checkpoints" / f"step_{best['step']:09d}.pt").exists()  # kept through pruning
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["best_step"] == best["step"] and saved["scores"]["valid"][metric] == pytest.approx(best["value"])
+    assert {"date", "command", "torch", "cpu", "threads", "precision", "data2vec2"} <= saved.keys()
+    assert result["results"]["scores"] == saved["scores"]
+
+
+def test_a_resumed_finetuning_equals_an_uninterrupted_one(task, tmp_path):
+    preset, overrides = task
+    run(preset, overrides, tmp_path / "straight")
+    run(preset, overrides, tmp_path / "resumed", max_steps=4)  # stops after update 4 (a checkpoint at 3 and 4)
+    run(preset, overrides, tmp_path / "resumed")
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    losses = [[r["loss"] for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
+              for d in (tmp_path / "straight", tmp_path / "resumed")]
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_two_ddp_processes_equal_one_with_accumulation(task, tmp_path):
+    preset, overrides = task
+    overrides = overrides + ["train.max_steps=3", "model.drop_path=0"]  # (drop path draws differ per process)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29521",
+                        "-m", "data2vec2", "finetune", preset, "--no-progress", "--run-dir", str(tmp_path / "ddp")]
+                       + overrides, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run(preset, overrides + ["train.grad_accum=2"], tmp_path / "single")
+    ddp, single = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("ddp", "single"))
+    np.testing.assert_allclose([x["loss"] for x in ddp if "loss" in x], [x["loss"] for x in single if "loss" in x],
+                               rtol=2e-5)
+    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    scores = [json.loads((tmp_path / d / "results.json").read_text())["scores"] for d in ("ddp", "single")]
+    assert scores[0]["valid"] == pytest.approx(scores[1]["valid"], abs=1e-6)  # the split is shared out and gathered
+
+
+def test_initialisation_from_a_run_a_checkpoint_an_export_or_none(task, tmp_path):
+    preset, overrides = task
+    init = next(o.split("=", 1)[1] for o in overrides if o.startswith("finetune.init="))
+    encoder, _ = data2vec2.load_encoder_and_config(init)
+    data2vec2.MODALITIES[_.model.modality].export(encoder, _, tmp_path / "export")
+    expected = encoder.state_dict()
+    for name, source in {"run": init, "checkpoint": f"{init}/checkpoints/last.pt", "export": tmp_path / "export"}.items():
+        config = load_finetune_config(preset, overrides + [f"finetune.init={source}"], MODALITIES)
+        from data2vec2.finetune import build_objective
+
+        modality = MODALITIES[config.model.modality]
+        model = build_objective(config, modality, modality.tasks[config.finetune.task], ["a", "b", "c"], False)
+        got = model.encoder.state_dict()
+        assert all(torch.equal(got[k], expected[k]) for k in expected), name
+    config = load_finetune_config(preset, overrides + ["finetune.random_init=true"], MODALITIES)
+    modality = MODALITIES[config.model.modality]
+    model = build_objective(config, modality, modality.tasks[config.finetune.task], ["a", "b"], False)
+    assert not all(torch.equal(model.encoder.state_dict()[k], expected[k]) for k in expected)
+    with pytest.raises(Exception, match="not an exported encoder|no such|not found"):
+        load_finetune_config(preset, overrides + [f"finetune.init={tmp_path / 'missing'}"], MODALITIES)
+
+
+def test_layer_decay_scales_each_block_and_keeps_the_rest(image_init, cache_dir):
+    config = load_finetune_config("image-cls-tiny", [f"finetune.init={image_init}", f"data.cache_dir={cache_dir}",
+                                                     "finetune.layer_decay=0.5"], MODALITIES)
+    from data2vec2.finetune import build_objective
+
+    modality = MODALITIES["image"]
+    model = build_objective(config, modality, modality.tasks["classification"], list("abc"), False)
+    scales = layer_scales(model, 0.5)
+    # 1 prenet + 2 shared blocks: block i of n = 3 learns at 0.5^(3 - i)
+    assert scales["encoder.prenet.0.mlp.fc1.weight"] == 0.5**3
+    assert scales["encoder.blocks.0.attn.qkv.weight"] == 0.5**2
+    assert scales["encoder.blocks.1.norm2.weight"] == 0.5**1
+    for name in ("encoder.local_encoder.patch_embed.weight", "encoder.local_encoder.cls_token", "fc_norm.weight",
+                 "head.weight"):
+        assert name not in scales
+    from data2vec2.train.optim import param_groups
+
+    groups = param_groups(model, config.optim, model.lr_scales())
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr[id(model.encoder.blocks[0].attn.qkv.weight)] == pytest.approx(config.optim.lr * 0.25)
+    assert lr[id(model.head.weight)] == config.optim.lr
+
+
+def test_mixed_targets_stay_distributions_and_match_the_pasted_area():
+    from data2vec2.modalities.image.classification import mix
+
+    rng = np.random.default_rng(0)
+    images = torch.randn(8, 1, 28, 28)
+    targets = torch.nn.functional.one_hot(torch.arange(8) % 10, 10).float()
+    for _ in range(20):
+        x, y = mix(images, targets, mixup=0.0, cutmix=1.0, mix_prob=1.0, rng=rng)  # cutmix only
+        assert torch.allclose(y.sum(-1), torch.ones(8))
+        from_self = float((x == images).float().mean())  # the pixels not pasted from the reversed batch
+        assert y[0, 0] == pytest.approx(from_self, abs=1e-6)
+    x, y = mix(images, targets, mixup=0.8, cutmix=0.0, mix_prob=1.0, rng=rng)  # mixup only
+    lam = float(y[0, 0])
+    torch.testing.assert_close(x, lam * images + (1 - lam) * images.flip(0))
+
+
+def test_the_augmentation_is_seeded_per_image(image_init, cache_dir):
+    """The same image of the same epoch gets the same crop, RandAugment and erasing in any worker."""
+    from data2vec2.modalities.image.classification import task_data
+
+    config = load_finetune_config("image-cls-tiny", [f"data.cache_dir={cache_dir}", "data.limit=50",
+                                                     f"finetune.init={image_init}"], MODALITIES)
+    data = task_data(config, config.data.train, None, True)
+    a, b = data.dataset[7]["inputs"], data.dataset[7]["inputs"]
+    assert torch.equal(a, b) and a.shape == (1, 28, 28)
+    data.dataset.set_epoch(1)
+    assert not torch.equal(data.dataset[7]["inputs"], a)
+
+
+def write_folder(root: Path, classes: dict[str, int], unlabelled: int = 0) -> Path:
+    rng = np.random.default_rng(0)
+    for name, n in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(root / name / f"{i}.png")
+    for i in range(unlabelled):
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(root / f"loose{i}.png")
+    return root
+
+
+IMAGE_FOLDER = ["data.limit=0", "finetune.valid_size=5000"]
+
+
+def test_bad_input_gets_one_line_naming_it(image_init, cache_dir, tmp_path):
+    base = TASKS[("image", "classification")][1] + [f"finetune.init={image_init}", f"data.cache_dir={cache_dir}"]
+    one = write_folder(tmp_path / "one", {"shirt": 10})
+    with pytest.raises(DataError, match="1 class .*needs at least two"):
+        run("image-cls-tiny", base + IMAGE_FOLDER + [f"data.train={one}"], tmp_path / "r1")
+    loose = write_folder(tmp_path / "loose", {"a": 5, "b": 5}, unlabelled=1)
+    with pytest.raises(DataError, match="loose0.png: not in a class sub-folder"):
+        run("image-cls-tiny", base + IMAGE_FOLDER + [f"data.train={loose}"], tmp_path / "r2")
+    train = write_folder(tmp_path / "train", {"a": 20, "b": 20})
+    valid = write_folder(tmp_path / "valid", {"a": 3, "c": 3})
+    with pytest.raises(DataError, match=r"classes \['c'\] do not occur in the training data"):
+        run("image-cls-tiny", base + IMAGE_FOLDER + [f"data.train={train}", f"finetune.valid={valid}"], tmp_path / "r3")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files found in .*empty"):
+        run("image-cls-tiny", base + IMAGE_FOLDER + [f"data.train={tmp_path / 'empty'}"], tmp_path / "r4")
+    # a resumed run never changes its label set
+    run("image-cls-tiny", base + IMAGE_FOLDER + [f"data.train={train}", "train.max_steps=2"], tmp_path / "r5",
+        max_steps=1)
+    more = write_folder(tmp_path / "more", {"a": 20, "b": 20, "c": 20})
+    with pytest.raises(ConfigError, match="trained with another task"):
+        run("image-cls-tiny", base + IMAGE_FOLDER + [f"data.train={more}", "train.max_steps=2"], tmp_path / "r5")
+
+
+def test_a_small_folder_holds_out_a_fifth_for_validation(image_init, cache_dir, tmp_path, capsys):
+    base = TASKS[("image", "classification")][1] + [f"finetune.init={image_init}", f"data.cache_dir={cache_dir}"]
+    folder = write_folder(tmp_path / "small", {"a": 48, "b": 48})
+    result = run("image-cls-tiny", base + IMAGE_FOLDER + [f"data.train={folder}", "train.max_steps=3"], tmp_path / "r")
+    assert "19 (a fifth) are held out" in capsys.readouterr().out
+    assert set(result["results"]["scores"]["valid"]) == {"accuracy"}  # 2 classes: no top-5
+
+
+def test_the_command_line_compares_with_a_random_init_and_refuses_a_pretraining_preset(image_init, cache_dir,
+                                                                                        tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    o = TASKS[("image", "classification")][1] + [f"data.cache_dir={cache_dir}"]
+    r = subprocess.run([sys.executable, "-m", "data2vec2", "finetune", "image-cls-tiny", "--init", str(image_init),
+                        "--compare", "--no-progress", "--run-dir", str(tmp_path / "cmp")] + o,
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert summary["metric"] == "accuracy" and set(summary) == {"metric", "pretrained", "random_init", "gain"}
+    assert summary["gain"]["valid"] == pytest.approx(summary["pretrained"]["valid"]["accuracy"]
+                                                     - summary["random_init"]["valid"]["accuracy"])
+    assert (tmp_path / "cmp" / "random_init" / "results.json").exists()
+    r = subprocess.run([sys.executable, "-m", "data2vec2", "finetune", "image-tiny", "--run-dir", str(tmp_path / "x")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 2 and "is a pre-training preset" in r.stderr and "Traceback" not in r.stderr
