@@ -31,12 +31,22 @@ if TYPE_CHECKING:
 
 def time_updates(config: "Config", modality: "Modality", steps: int, warmup: int = 1) -> dict:
     """Median wall and CPU seconds of `steps` updates after `warmup` ones, with the precision and
-    compile setting of config.train."""
-    training = setup_training(config, modality)
-    batch, length = modality.synthetic_batch(config)
+    compile setting of config.train: of pre-training, or of the fine-tuning task the config names
+    (its objective around the config's encoder, on a batch of the task's synthetic samples)."""
+    if config.finetune.task:
+        from .finetune import build_objective
+
+        task = modality.tasks[config.finetune.task]
+        batch, labels = task.synthetic_batch(config)
+        training = setup_training(config, modality, build_model=lambda resuming: build_objective(
+            config, modality, task, labels, resuming))
+        flops = task.step_flops(config)
+    else:
+        training = setup_training(config, modality)
+        batch, length = modality.synthetic_batch(config)
+        flops = modality.step_flops(config, config.train.batch_size, length)
     if training.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(training.device)
-    flops = modality.step_flops(config, config.train.batch_size, length)
     wall, cpu, peaks = [], [], []
     for i in range(warmup + steps):
         t0, c0 = time.perf_counter(), time.process_time()

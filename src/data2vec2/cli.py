@@ -149,8 +149,8 @@ def cmd_import_fairseq(args) -> None:
 
 
 def cmd_benchmark(args) -> None:
-    from . import load_config
     from .benchmark import machine, time_updates
+    from .finetune import load_finetune_config
     from .modalities import MODALITIES
 
     # `--precision fp32 key=value`: nargs="+" takes the overrides that follow; give them back
@@ -162,7 +162,8 @@ def cmd_benchmark(args) -> None:
     for precision in precisions:
         for compiled in compiles:
             settings = [f"train.precision={precision}", f"train.compile={compiled == 'on'}"]
-            config = load_config(args.preset, overrides + settings)
+            # (a fine-tuning preset takes the architecture of finetune.init, if given)
+            config = load_finetune_config(args.preset, overrides + settings, MODALITIES)
             result = time_updates(config, MODALITIES[config.model.modality], args.steps,
                                   warmup=3 if compiled == "on" else 1)
             line = json.dumps({"preset": config.name, "overrides": overrides, **result, **machine()})
@@ -234,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="settings of the continued run, e.g. data.train=my_images train.batch_size=64")
     p.set_defaults(func=cmd_import_fairseq)
 
-    p = sub.add_parser("benchmark", help="time full training updates of a preset on random inputs: "
-                                         "step time, samples/s, FLOP/s, MFU, peak memory (one JSON line each)")
+    p = sub.add_parser("benchmark", help="time full training updates of a preset on random inputs (pre-training, or "
+                                         "a fine-tuning preset's task): step time, samples/s, FLOP/s, MFU, peak "
+                                         "memory (one JSON line each)")
     p.add_argument("preset", help="a preset name (data2vec2 presets) or a YAML file")
     p.add_argument("--precision", nargs="+", default=["auto"], metavar="{auto,fp32,bf16}",
                    help="auto: what training would use here (bf16 where the CPU or GPU is fast at it)")

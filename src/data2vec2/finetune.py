@@ -85,7 +85,7 @@ def finetune(config: Config, run_dir: str | Path, modality: "Modality", **option
         fit, valid, labels = training_and_validation(config, task)
         parts.update(valid=valid, labels=labels)
         return PretrainingData(dataset=fit.dataset, collate=fit.collate, lengths=fit.lengths,
-                               step_flops=task.step_flops(config) if task.step_flops else 0.0)
+                               step_flops=task.step_flops(config))
 
     def build_model(resuming: bool) -> nn.Module:
         return build_objective(config, modality, task, parts["labels"], resuming)
@@ -99,7 +99,7 @@ def finetune(config: Config, run_dir: str | Path, modality: "Modality", **option
 
     # the label set: what the head's outputs mean, fixed by the training data; checked on resume
     labels = task.data(config, config.data.train, None, False).labels
-    job = Job(data=data, build_model=build_model, flops_by_hand=task.step_flops is not None, validate=validate,
+    job = Job(data=data, build_model=build_model, validate=validate,
               every=config.finetune.eval_every, metric=task.metric, higher_is_better=task.higher_is_better,
               state={"task": {"name": task.name, "labels": labels}}, finish=finish)
     return train(config, run_dir, modality, job, **options)

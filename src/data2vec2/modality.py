@@ -51,9 +51,12 @@ class Task:
     # (outputs, targets, labels) -> {metric: value}: every metric of the task on a split
     score: Callable[..., dict[str, float]]
     metric: str  # the one that chooses the best checkpoint
+    # (config) -> FLOPs of one update at the configured batch
+    step_flops: Callable[[Any], float]
+    # (config) -> (a training batch of train.batch_size random samples through the task's collate, the
+    # labels it uses): what `data2vec2 benchmark` times
+    synthetic_batch: Callable[[Any], tuple[dict, list[str]]]
     higher_is_better: bool = True
-    # (config, batch) -> FLOPs of one update at the configured batch (None: counted on the first batch)
-    step_flops: Callable[[Any], float] | None = None
 
 
 @dataclass(frozen=True)

@@ -273,9 +273,10 @@ def _validate(training: Training, job: Job, step: int, run_dir: Path, best: dict
     logger.log(step, {f"valid_{k}": v for k, v in scores.items()})
     value = scores[job.metric]
     better = best is None or (value > best["value"] if job.higher_is_better else value < best["value"])
-    bar.write(f"[data2vec2] update {step}: valid " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-              + (" (best so far)" if better else f" (best: {best['value']:.4f} at update {best['step']})"),
-              file=sys.stdout) if training.dist.is_main else None
+    if training.dist.is_main:
+        bar.write(f"[data2vec2] update {step}: valid " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+                  + (" (best so far)" if better else f" (best: {best['value']:.4f} at update {best['step']})"),
+                  file=sys.stdout)
     if not better:
         return best
     best = {"step": step, "metric": job.metric, "value": value, "scores": scores}

@@ -253,5 +253,17 @@ def step_flops(config: Config) -> float:
     return 3 * (patch + blocks_forward_flops(B, 1 + T, D, model.mlp_ratio, model.depth + model.prenet_depth))
 
 
+def synthetic_batch(config: Config) -> tuple[dict, list[str]]:
+    """train.batch_size random images of the config's size and 10 classes through the training
+    collate (mixing included), for speed measurements."""
+    settings = config.model.image
+    g = torch.Generator().manual_seed(0)
+    items = [{"index": i, "inputs": torch.randn(settings.in_channels, settings.image_size, settings.image_size,
+                                                  generator=g), "target": i % 10} for i in range(config.train.batch_size)]
+    labels = [str(k) for k in range(10)]
+    return ClassificationCollate(config, len(labels), train=True)(items), labels
+
+
 CLASSIFICATION = Task(name="classification", data=task_data, build=lambda encoder, config, labels: ImageClassifier(
-    encoder, len(labels), config), score=score, metric="accuracy", step_flops=step_flops)
+    encoder, len(labels), config), score=score, metric="accuracy", step_flops=step_flops,
+    synthetic_batch=synthetic_batch)
