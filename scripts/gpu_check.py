@@ -277,7 +277,7 @@ class Check:
         for i, (name, limit, what) in enumerate(rows, 1):
             self.say(f"[gpu_check]   {i}. {name:14s} {limit:4d} s  {what}")
         total = sum(limit for _, limit, _ in rows)
-        note = "" if total <= self.deadline else f" (over the deadline: the last steps get what is left)"
+        note = "" if total <= self.deadline else " (over the deadline: the last steps get what is left)"
         self.say(f"[gpu_check]   total of the limits: {total} s{note}")
         if self.commit == "unknown":
             self.say("[gpu_check] the commit is unknown (no git here): set DATA2VEC2_COMMIT=<commit> to record it")

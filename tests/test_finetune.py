@@ -28,7 +28,8 @@ TASKS = {
     ("image", "classification"): ("image-cls-tiny", [
         "train.batch_size=16", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
         "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3", "finetune.valid_size=40",
-        "finetune.test=[]", "data.limit=200", "data.num_workers=0"]),
+        "finetune.test=[]", "data.limit=200", "data.num_workers=0", "data.randaugment=2", "data.random_erasing=0.5",
+        "data.mixup=0.8", "data.cutmix=1.0", "data.mix_prob=0.9"]),
 }
 
 
@@ -260,3 +261,34 @@ def test_the_command_line_compares_with_a_random_init_and_refuses_a_pretraining_
     r = subprocess.run([sys.executable, "-m", "data2vec2", "finetune", "image-tiny", "--run-dir", str(tmp_path / "x")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 2 and "is a pre-training preset" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_benchmark_times_a_finetuning_update(task, tmp_path):
+    """`data2vec2 benchmark` of a fine-tuning preset times the task's update (the init's architecture)."""
+    preset, overrides = task
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, "-m", "data2vec2", "benchmark", preset, "--steps", "2", "--precision", "fp32",
+                        "--out", str(tmp_path / "speed.jsonl")] + overrides + ["train.batch_size=8"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (line,) = [json.loads(t) for t in (tmp_path / "speed.jsonl").read_text().splitlines()]
+    assert line["preset"] == preset and line["batch"] == 8 and line["step_s"] > 0 and line["mfu"] > 0
+    assert line["step_gflop"] > 0 and line["commit"]
+
+
+def test_a_sharded_finetuning_resumes_and_scores_its_best_checkpoint(task, tmp_path):
+    """train.fsdp (one process): sharded step checkpoints, a resume, and the final scores taken with
+    the weights of the best (sharded) checkpoint, not the last."""
+    from data2vec2.train import distributed
+
+    preset, overrides = task
+    overrides = overrides + ["train.fsdp=true"]
+    try:
+        run(preset, overrides, tmp_path / "run", max_steps=4)
+        result = run(preset, overrides, tmp_path / "run")
+    finally:
+        distributed.cleanup()
+    best = result["best"]
+    assert {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()} >= {"last", "best.json",
+                                                                              f"step_{best['step']:09d}"}
+    assert result["results"]["scores"]["valid"] == pytest.approx(best["scores"], abs=1e-6)

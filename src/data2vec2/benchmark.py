@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .model import build_encoder
 from .train.flops import measure_matmul_flops
 from .train.setup import setup_training
 from .train.step import train_step
@@ -33,13 +34,11 @@ def time_updates(config: "Config", modality: "Modality", steps: int, warmup: int
     """Median wall and CPU seconds of `steps` updates after `warmup` ones, with the precision and
     compile setting of config.train: of pre-training, or of the fine-tuning task the config names
     (its objective around the config's encoder, on a batch of the task's synthetic samples)."""
-    if config.finetune.task:
-        from .finetune import build_objective
-
+    if config.finetune.task:  # (a random encoder of the config's architecture: the weights do not change the time)
         task = modality.tasks[config.finetune.task]
         batch, labels = task.synthetic_batch(config)
-        training = setup_training(config, modality, build_model=lambda resuming: build_objective(
-            config, modality, task, labels, resuming))
+        training = setup_training(config, modality, build_model=lambda resuming: task.build(
+            build_encoder(config.model, modality), config, labels))
         flops = task.step_flops(config)
     else:
         training = setup_training(config, modality)
@@ -73,10 +72,31 @@ def time_updates(config: "Config", modality: "Modality", steps: int, warmup: int
     }
 
 
+def source_commit() -> str:
+    """The git commit of this source tree (with "-dirty" for uncommitted changes to tracked files),
+    `DATA2VEC2_COMMIT` where it is set, or "unknown" (an installed package, no git)."""
+    import os
+    import subprocess
+
+    if os.environ.get("DATA2VEC2_COMMIT"):
+        return os.environ["DATA2VEC2_COMMIT"]
+    here = str(Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def machine() -> dict:
-    """The CPU (or GPU), its features that decide fp32/bf16 speed, threads and versions."""
+    """The CPU (or GPU), its features that decide fp32/bf16 speed, threads, versions and commit."""
     info = {"torch": torch.__version__, "python": platform.python_version(), "data2vec2": __version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "commit": source_commit()}
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     lines = cpuinfo.splitlines()
     info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),

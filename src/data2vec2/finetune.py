@@ -218,7 +218,7 @@ def final_results(training: Training, task: "Task", parts: dict, best: dict | No
     """The best checkpoint (or the last weights, without validation) scored on the validation data
     and on every `finetune.test` split; written to run_dir/results.json by the main process."""
     config = training.config
-    if best is not None and best["step"] != _last_step(run_dir):
+    if best is not None and best["step"] != training.scheduler.last_epoch:  # (the updates made)
         _load_weights(training, run_dir, best["step"])
     splits = {"valid": parts["valid"]}
     for spec in config.finetune.test:
@@ -241,13 +241,6 @@ def final_results(training: Training, task: "Task", parts: dict, best: dict | No
                                          for name, s in scores.items()) + f" (results in {run_dir / 'results.json'})",
               flush=True)
     return results
-
-
-def _last_step(run_dir: Path) -> int | None:
-    from .train.checkpoint import load_resume_state
-
-    state = load_resume_state(run_dir)
-    return int(state["step"]) if state else None
 
 
 def _load_weights(training: Training, run_dir: Path, step: int) -> None:
