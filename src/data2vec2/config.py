@@ -513,10 +513,9 @@ def config_from_dict(values: dict, modalities: Mapping[str, "Modality"], *, save
     return config.validate(record, sections)
 
 
-def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = (), *,
-                modalities: Mapping[str, "Modality"]) -> Config:
-    """Build a config from a preset name (e.g. `image-tiny`) or a YAML path, then apply
-    `key=value` overrides (values parsed as YAML: `optim.lr=3e-4`, `data.hflip=false`)."""
+def preset_values(preset_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, Path]:
+    """The nested values of a preset name (e.g. `image-tiny`) or a YAML path with `key=value`
+    overrides applied (values parsed as YAML: `optim.lr=3e-4`, `data.hflip=false`), and its path."""
     path = Path(preset_or_path)
     if not path.suffix:
         path = PRESET_DIR / f"{preset_or_path}.yaml"
@@ -527,6 +526,13 @@ def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = ()
     values = _read_yaml(path)
     for item in overrides:
         values = _merge(values, parse_override(item))
+    return values, path
+
+
+def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = (), *,
+                modalities: Mapping[str, "Modality"]) -> Config:
+    """Build a config from a preset name or a YAML path and `key=value` overrides (preset_values)."""
+    values, path = preset_values(preset_or_path, overrides)
     return config_from_dict(values, modalities, source=str(path))
 
 

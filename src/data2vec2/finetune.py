@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import Config, _merge, _read_yaml, config_from_dict, config_to_dict, parse_override, PRESET_DIR
+from .config import Config, _merge, config_from_dict, config_to_dict, preset_values
 from .errors import ConfigError, DataError
 from .model import build_encoder
 from .modality import PretrainingData, TaskData
@@ -51,14 +51,7 @@ def load_finetune_config(preset_or_path: str, overrides: list[str] | tuple[str, 
     and the overrides after them."""
     from .export import load_encoder_and_config
 
-    path = Path(preset_or_path)
-    if not path.suffix:
-        path = PRESET_DIR / f"{preset_or_path}.yaml"
-    if not path.exists():
-        raise ConfigError(f"unknown preset or file '{preset_or_path}'")
-    values = _read_yaml(path)
-    for item in overrides:
-        values = _merge(values, parse_override(item))
+    values, path = preset_values(preset_or_path, overrides)
     init = (values.get("finetune") or {}).get("init") if isinstance(values.get("finetune"), dict) else None
     if init:
         _, init_config = load_encoder_and_config(init, modalities)
