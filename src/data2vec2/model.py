@@ -132,7 +132,23 @@ class LossOutput:
         return self.loss_sum / self.count
 
 
-class Data2Vec2(nn.Module):
+class PretrainingObjective(nn.Module):
+    """What the trainer asks of a pre-training objective with a `student` and a `teacher`."""
+
+    student: nn.Module
+    teacher: nn.Module
+
+    @property
+    def trained(self) -> nn.Module:
+        """The module whose parameters the optimizer updates (a teacher follows by EMA, or is empty)."""
+        return self.student
+
+    def parts(self) -> dict[str, nn.Module]:
+        """What a checkpoint holds, by name."""
+        return {"student": self.student, "teacher": self.teacher}
+
+
+class Data2Vec2(PretrainingObjective):
     def __init__(self, encoder: Encoder, decoder: nn.Module, config: Config):
         super().__init__()
         self.config = config
@@ -247,16 +263,6 @@ class Data2Vec2(nn.Module):
         out = self.forward_student(inputs, mask, batch["noise_seed"], batch.get("masked_per_row"))
         targets = self.forward_targets(inputs, out.local_features)
         return self.forward_loss(out, targets, mask, batch.get("num_masked"))
-
-    # -- what the trainer asks of every objective ------------------------------------------
-    @property
-    def trained(self) -> nn.Module:
-        """The module whose parameters the optimizer updates (the teacher follows by EMA)."""
-        return self.student
-
-    def parts(self) -> dict[str, nn.Module]:
-        """What a checkpoint holds, by name."""
-        return {"student": self.student, "teacher": self.teacher}
 
     def after_update(self, update: int) -> dict[str, float]:
         """After optimizer update number `update` (1-based): the EMA step of the teacher."""

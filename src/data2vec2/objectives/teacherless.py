@@ -8,6 +8,7 @@ from torch import nn
 from ..config import Config
 from ..encoder import Encoder
 from ..errors import ConfigError
+from ..model import PretrainingObjective
 
 
 def require_hooks(encoder: Encoder, hooks: tuple[str, ...], objective: str, needs: str, config: Config) -> None:
@@ -16,7 +17,7 @@ def require_hooks(encoder: Encoder, hooks: tuple[str, ...], objective: str, need
         raise ConfigError(f"objective: {objective} needs {needs}; the {config.model.modality} encoder has none")
 
 
-class TeacherlessModel(nn.Module):
+class TeacherlessModel(PretrainingObjective):
     """`student` (with `.encoder`) is trained and saved; `teacher` is empty; one masked view per sample."""
 
     def __init__(self, student: nn.Module, config: Config, why_one_mask: str):
@@ -30,13 +31,6 @@ class TeacherlessModel(nn.Module):
     @property
     def encoder(self) -> Encoder:
         return self.student.encoder
-
-    @property
-    def trained(self) -> nn.Module:
-        return self.student
-
-    def parts(self) -> dict[str, nn.Module]:
-        return {"student": self.student, "teacher": self.teacher}
 
     def after_update(self, update: int) -> dict[str, float]:
         return {}  # no teacher to average
