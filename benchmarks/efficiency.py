@@ -10,7 +10,7 @@ and speech (data2vec 2.0, data2vec 1.0 on audio-tiny; keyword spotting).
    schedule sized to end at --budget-minutes of wall clock, with checkpoints at 1/8, 1/4, 1/2 and
    all of it. Every checkpoint gets a linear probe (frozen features; validation and test); the last
    one also a short full fine-tuning (images: `data2vec2 finetune image-cls-tiny`; text: Rotten Tomatoes
-   with modalities/text/finetune.py; speech: none, the probe only).
+   with `data2vec2 finetune text-cls-tiny`; speech: none, the probe only).
 Writes a JSON file (objective, lr, seconds, updates, samples, FLOPs, accuracies, hardware,
 versions) and two plots: accuracy against pre-training seconds and against FLOPs. The speed-up is
 the time data2vec 2.0 needs to reach the best test probe accuracy each baseline reaches in its
@@ -31,7 +31,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from recorded import TEXT_TINY_AS_RECORDED
 
@@ -183,72 +182,67 @@ class ImageTasks:
 
 
 class TextTasks:
-    """Rotten Tomatoes (the training, dev and test TSVs of 'data2vec2 prepare text'): the probe on
-    mean-pooled frozen features, and fine-tuning with finetune-text's recipe (the dev split is the
-    validation split)."""
+    """Rotten Tomatoes (the splits of 'data2vec2 prepare text', read by the text classification
+    task): the probe on mean-pooled frozen features, and `data2vec2 finetune text-cls-tiny` (the dev
+    split is the validation split; --quick: 500 training sentences, 1 epoch)."""
 
     def __init__(self, args):
-        from data2vec2.modalities.text.commands import rotten_tomatoes_files
-        from data2vec2.modalities.text.finetune import read_tsv
+        self.cache, self.quick = args.cache, args.quick
+        self.data = None
 
-        self.tasks = dict(zip(("train", "dev", "test"), map(read_tsv, rotten_tomatoes_files(Path(args.cache)))))
-        if args.quick:
-            self.tasks = {name: type(t)(t.texts[:500], t.labels[:500], t.columns, t.label_column)
-                          for name, t in self.tasks.items()}
-        self.epochs = 1 if args.quick else 3
-        self.splits = None
+    def _data(self, config):
+        from data2vec2.modalities.text.classification import CLASSIFICATION
 
-    def _splits(self, config):
-        from data2vec2.modalities.text.data import load_tokenizer
-        from data2vec2.modalities.text.finetune import Split, encode
-
-        if self.splits is None:  # every run shares the cache's tokenizer
-            tokenizer = load_tokenizer(config.data.tokenizer)
-            index = {c: i for i, c in enumerate(sorted(set(self.tasks["train"].labels)))}
-            self.splits = {name: Split(encode(tokenizer, t.texts, config.model.text.max_positions),
-                                       np.array([index[y] for y in t.labels], dtype=np.int64), name)
-                           for name, t in self.tasks.items()}
-        return self.splits
+        if self.data is None:  # every run shares the cache's tokenizer
+            config.data.cache_dir = self.cache
+            train = CLASSIFICATION.data(config, "rotten-tomatoes:train", None, False)
+            self.data = {"train": train, **{name: CLASSIFICATION.data(config, f"rotten-tomatoes:{name}", train.labels,
+                                                                      False) for name in ("dev", "test")}}
+            if self.quick:
+                for d in self.data.values():
+                    d.dataset.ids, d.dataset.targets = d.dataset.ids[:500], d.dataset.targets[:500]
+        return self.data
 
     def probe(self, encoder, config, test: bool) -> dict:
         from data2vec2.modalities.text.probe import sentence_features
 
-        splits = self._splits(config)
-        x = {name: sentence_features(encoder, split.ids) for name, split in splits.items()}
-        y = {name: torch.as_tensor(split.y) for name, split in splits.items()}
+        data = self._data(config)
+        x = {name: sentence_features(encoder, d.dataset.ids) for name, d in data.items()}
+        y = {name: torch.as_tensor(d.dataset.targets) for name, d in data.items()}
         out = {"probe_val": linear_probe(x["train"], y["train"], x["dev"], y["dev"], seed=0).test_accuracy}
         if test:
             out["probe_test"] = linear_probe(x["train"], y["train"], x["test"], y["test"], seed=0).test_accuracy
         return out
 
     def finetune(self, checkpoint: str, encoder, config) -> dict:
-        import copy
+        import tempfile
 
-        from data2vec2.modalities.text.finetune import Recipe, finetune
+        from data2vec2.finetune import finetune, load_finetune_config
+        from data2vec2.modalities import MODALITIES
 
-        splits = self._splits(config)
-        result = finetune(copy.deepcopy(encoder).train(), splits["train"], [splits["dev"], splits["test"]],
-                          num_outputs=2, regression=False, recipe=Recipe(epochs=self.epochs, seed=0), progress=False)
-        return {"finetune_val": result["final"]["dev"]["accuracy"], "finetune_test": result["final"]["test"]["accuracy"]}
+        overrides = [f"finetune.init={checkpoint}", f"data.cache_dir={self.cache}", "train.time_budget_s=0"]
+        if self.quick:
+            overrides += ["data.limit=500", "train.max_steps=16", "optim.warmup_steps=1", "finetune.eval_every=16"]
+        ft_config = load_finetune_config("text-cls-tiny", overrides, MODALITIES)
+        with tempfile.TemporaryDirectory() as run:
+            scores = finetune(ft_config, run, MODALITIES["text"], progress=False)["results"]["scores"]
+        return {"finetune_val": scores["valid"]["accuracy"], "finetune_test": scores["rotten-tomatoes:test"]["accuracy"]}
 
 
 class AudioTasks:
-    """Keyword spotting (the kws_train / kws_test manifests of 'data2vec2 prepare audio'): the probe
-    on mean-pooled frozen features; words of held-out voices are the test split, and the probe's own
-    held-out tenth of the training clips the validation split. No fine-tuning."""
+    """Keyword spotting (the kws_train / kws_test manifests of 'data2vec2 prepare audio', read by the
+    utterance classification task): the probe on mean-pooled frozen features; words of held-out
+    voices are the test split, and the probe's own held-out tenth of the training clips the
+    validation split. No fine-tuning."""
 
     def __init__(self, args):
-        from data2vec2.modalities.audio.evaluate import load_clips
-
-        self.train = load_clips(str(Path(args.cache) / "audio" / "kws_train.tsv"))
-        self.test = load_clips(str(Path(args.cache) / "audio" / "kws_test.tsv"))
-        if args.quick:  # every 4th clip: all the words, a quarter of the time
-            self.train, self.test = (type(c)(c.waves[::4], c.labels[::4]) for c in (self.train, self.test))
+        self.train = str(Path(args.cache) / "audio" / "kws_train.tsv")
+        self.test = str(Path(args.cache) / "audio" / "kws_test.tsv")
 
     def probe(self, encoder, config, test: bool) -> dict:
         from data2vec2.modalities.audio.kws import evaluate_kws
 
-        result = evaluate_kws({"pretrained": encoder}, self.train, self.test)["pretrained"]
+        result = evaluate_kws({"pretrained": encoder}, config, self.train, self.test)["pretrained"]
         return {"probe_val": result["val_accuracy"], **({"probe_test": result["accuracy"]} if test else {})}
 
     def finetune(self, checkpoint: str, encoder, config) -> dict:

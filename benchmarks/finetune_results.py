@@ -1,7 +1,8 @@
-"""Collect a `data2vec2 finetune PRESET --init ... --compare --run-dir RUN` comparison into one results
-file: for the pre-trained and the random-init run, every score of the best checkpoint on every split,
-the best step, the updates made and their seconds, the median samples/s and MFU of the logged
-updates, and the machine, versions, date and command each run recorded in its results.json.
+"""Collect a `data2vec2 finetune PRESET --init ... --compare [--seeds ...] --run-dir RUN` comparison into
+one results file: the comparison (means, spreads and gains over the seeds), and for every run of the
+pre-trained and the random init, every score of the best checkpoint on every split, the best step,
+the updates made and their seconds, the median samples/s and MFU of the logged updates, and the
+machine, versions, date and command each run recorded in its results.json.
 
     data2vec2 finetune image-cls-tiny --init runs/demo/export --compare --run-dir runs/ft-cmp
     python benchmarks/finetune_results.py runs/ft-cmp --out docs/results/finetune-image-fashion-mnist.json
@@ -36,12 +37,19 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     comparison = json.loads((args.run / "comparison.json").read_text())
-    runs = {name: summary(args.run / name) for name in ("pretrained", "random_init")}
+    runs = {}
+    for name in ("pretrained", "random_init"):
+        if (args.run / name / "results.json").exists():
+            runs[name] = summary(args.run / name)
+        else:  # --seeds / --lrs: one folder per run
+            runs[name] = {run.name: summary(run) for run in sorted((args.run / name).iterdir())
+                          if (run / "results.json").exists()}
     out = {"benchmark": "finetune", "collected": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "collect_command": " ".join(sys.argv), "metric": comparison["metric"], "gain": comparison["gain"], **runs}
+           "collect_command": " ".join(sys.argv), "comparison": comparison, "metric": comparison["metric"],
+           "gain": comparison["gain"], **runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({"gain": out["gain"], **{name: r["scores"] for name, r in runs.items()}}))
+    print(json.dumps({"gain": out["gain"], **{name: comparison[name] for name in runs}}))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ import torch
 from data2vec2 import load_encoder_and_config
 from data2vec2.benchmark import machine
 from data2vec2.eval.probe import linear_probe
-from data2vec2.modalities.text.commands import rotten_tomatoes_files
 from data2vec2.modalities.text.data import load_tokenizer
-from data2vec2.modalities.text.finetune import class_index, encode, read_tsv
+from data2vec2.modalities.text.classification import CLASSIFICATION
 
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)  # stronger than the probe's: 8,192 sparse features, 10,217 snippets
 EPOCHS, MIN_STEPS = 10, 300  # fewer than the probe's 30 / 1,000: each step is a (1024 x 8192) matmul
@@ -42,12 +41,12 @@ def main() -> None:
     args = p.parse_args()
     _, config = load_encoder_and_config(args.run)
     tokenizer = load_tokenizer(config.data.tokenizer)
-    files = dict(zip(("train", "dev", "test"), rotten_tomatoes_files(Path(args.cache))))
-    tasks = {split: read_tsv(path) for split, path in files.items()}
-    index = class_index(tasks["train"], {s: t for s, t in tasks.items() if s != "train"})
-    x = {s: bag_of_words(encode(tokenizer, t.texts, config.model.text.max_positions), tokenizer.get_vocab_size())
-         for s, t in tasks.items()}
-    y = {s: torch.tensor([index[label] for label in t.labels]) for s, t in tasks.items()}
+    config.data.cache_dir = args.cache
+    train = CLASSIFICATION.data(config, "rotten-tomatoes:train", None, False)  # (tokenised with the run's BPE)
+    tasks = {"train": train, **{s: CLASSIFICATION.data(config, f"rotten-tomatoes:{s}", train.labels, False)
+                                for s in ("dev", "test")}}
+    x = {s: bag_of_words(t.dataset.ids, tokenizer.get_vocab_size()) for s, t in tasks.items()}
+    y = {s: torch.as_tensor(t.dataset.targets) for s, t in tasks.items()}
     result = {"benchmark": "bag-of-words logistic regression on Rotten Tomatoes", "run": args.run,
               "tokenizer": config.data.tokenizer, "features": tokenizer.get_vocab_size()}
     for split in ("dev", "test"):

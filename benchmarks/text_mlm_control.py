@@ -1,6 +1,6 @@
 """A control for docs/text.md: pre-train text-tiny's encoder with plain masked language modelling
 (BERT's objective, not this library's) on the same corpus, batch and precision, then fine-tune it
-and a randomly initialised twin on Rotten Tomatoes with `finetune-text`'s recipe, for each seed.
+and a randomly initialised twin on Rotten Tomatoes with `data2vec2 finetune text-cls-tiny`, for each seed.
 
     python benchmarks/text_mlm_control.py --cache cache --updates 10000 --seeds 0 1 2 --out mlm.json
 
@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from recorded import TEXT_TINY_AS_RECORDED
 
-from data2vec2 import load_config, load_encoder_and_config, pretrain
+from data2vec2 import load_config, pretrain
+from data2vec2.finetune import finetune_runs
 from data2vec2.modalities import MODALITIES
-from data2vec2.modalities.text.finetune import Recipe, finetune_compare
-from data2vec2.model import random_encoder
 
 MLM = ["objective=mlm", "masking.mask_prob=0.15", "masking.num_masks=1"]
 
@@ -47,19 +46,14 @@ def main() -> None:
     start = time.perf_counter()
     pretrain(config, run)
     seconds = time.perf_counter() - start
-    encoder, _ = load_encoder_and_config(run)
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    rt = Path(args.cache) / "text" / "rotten_tomatoes"
     first, last = losses[:100], losses[-100:]
     result = {"updates": args.updates, "pretrain_seconds": round(seconds, 1), "loss_first_100": sum(first) / len(first),
-              "loss_last_100": sum(last) / len(last), "seeds": {}}
-    for seed in args.seeds:
-        r = finetune_compare(encoder, config, rt / "train.tsv", rt / "dev.tsv", rt / "test.tsv",
-                             recipe=Recipe(seed=seed, threads=args.threads), progress=False,
-                             baseline=random_encoder(config.model, MODALITIES["text"], seed=seed))
-        result["seeds"][seed] = {name: r[name]["final"] for name in ("pretrained", "random_init")}
-        dev = {f"{name}_dev": r[name]["final"]["dev"]["accuracy"] for name in ("pretrained", "random_init")}
-        print(json.dumps({"seed": seed, **dev}), flush=True)
+              "loss_last_100": sum(last) / len(last)}
+    result["finetune"] = finetune_runs("text-cls-tiny", [f"finetune.init={run}", f"data.cache_dir={args.cache}",
+                                                         f"train.threads={args.threads}"],
+                                       Path(args.runs) / f"mlm-{args.updates}-finetune", MODALITIES, compare=True,
+                                       seeds=args.seeds, progress=False)
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

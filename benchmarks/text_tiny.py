@@ -78,14 +78,17 @@ def main() -> None:
     line = (f"probe ({split}): pre-trained {out['probe_pretrained']:.2%}, random {out['probe_random']:.2%} "
             f"({out['probe_gain'] * 100:+.1f} points)")
     if "finetune" in results:
-        finetune = results["finetune"]
+        finetune, metric = results["finetune"], results["finetune"]["metric"]
+        # finetune-text's summary: "valid" (dev) and the test split under its name
+        key = "valid" if split == "dev" else next(k for k in finetune["pretrained"] if k not in ("valid", "lr")
+                                                  and not k.endswith(("_std", "_runs")))
         out.update({
-            "finetune_pretrained_mean": finetune["pretrained"][f"{split}_mean"],
-            "finetune_random_mean": finetune["random_init"][f"{split}_mean"],
-            "finetune_pretrained_std": finetune["pretrained"][f"{split}_std"],
-            "finetune_random_std": finetune["random_init"][f"{split}_std"],
-            "finetune_chosen_lr": {name: finetune[name]["chosen_lr"] for name in ("pretrained", "random_init")},
-            "finetune_dev_mean": {name: finetune[name]["dev_mean"] for name in ("pretrained", "random_init")},
+            "finetune_pretrained_mean": finetune["pretrained"][key][metric],
+            "finetune_random_mean": finetune["random_init"][key][metric],
+            "finetune_pretrained_std": finetune["pretrained"].get(f"{key}_std", {}).get(metric, 0.0),
+            "finetune_random_std": finetune["random_init"].get(f"{key}_std", {}).get(metric, 0.0),
+            "finetune_chosen_lr": {name: finetune[name].get("lr") for name in ("pretrained", "random_init")},
+            "finetune_dev_mean": {name: finetune[name]["valid"][metric] for name in ("pretrained", "random_init")},
             "seeds": finetune["seeds"], "lrs": finetune["lrs"],
         })
         out["finetune_gain"] = out["finetune_pretrained_mean"] - out["finetune_random_mean"]

@@ -4,6 +4,7 @@ configuration of each modality's tiny preset that runs its real code paths in se
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -59,6 +60,43 @@ def audio_manifest(tmp_path_factory) -> Path:
     manifest = tmp_path_factory.mktemp("audio") / "real.tsv"
     manifest.write_text("\n".join(str(f) for f in files) + "\n")
     return manifest
+
+
+@pytest.fixture(scope="session")
+def labelled_audio(tmp_path_factory) -> dict[str, Path]:
+    """Manifests (path, samples, label) of 24 real English prompts of at most 3 s: "ctc" with their
+    transcripts (A-Z, apostrophe, space), "classes" with two classes (alternating)."""
+    from data2vec2.modalities.audio.corpus import _asterisk_transcripts, letters
+    from data2vec2.modalities.audio.data import num_samples_16k
+
+    texts = _asterisk_transcripts("en")
+    rows = []
+    for f in sorted(ALLISON.glob("*.wav")) if ALLISON.is_dir() else []:
+        text, n = letters(texts.get(f.stem, "")), num_samples_16k(f)
+        if text and not texts[f.stem].startswith("[") and n <= 48000:
+            rows.append((str(f), n, text))
+        if len(rows) == 24:
+            break
+    if len(rows) < 24:
+        pytest.skip("asterisk-core-sounds-en-wav is not installed (scripts/install.sh installs it)")
+    folder = tmp_path_factory.mktemp("labelled")
+    (folder / "ctc.tsv").write_text("".join(f"{p}\t{n}\t{t}\n" for p, n, t in rows))
+    (folder / "classes.tsv").write_text("".join(f"{p}\t{n}\t{'AB'[i % 2]}\n" for i, (p, n, _) in enumerate(rows)))
+    return {"ctc": folder / "ctc.tsv", "classes": folder / "classes.tsv"}
+
+
+@pytest.fixture(scope="session")
+def glue_tsv(real_text, tmp_path_factory) -> Path:
+    """A GLUE-format sentence task from real text: up to 80 quotes of the fortunes, labelled by the
+    file (of two) they come from, shuffled."""
+    folder = tmp_path_factory.mktemp("glue")
+    rows = []
+    for label, path in enumerate(sorted(real_text.glob("*.txt"))):
+        quotes = [" ".join(q.split())[:200] for q in path.read_text().split("\n\n") if q.strip()]
+        rows += [(q.replace("\t", " "), label) for q in quotes[:40]]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{q}\t{y}\n" for q, y in rows))
+    return folder / "train.tsv"
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from data2vec2.data.collate import ResumableSampler
 from data2vec2.encoder import MaskInfo
 from data2vec2.errors import DataError
 from data2vec2.masking import block_mask_1d
-from data2vec2.modalities.audio.ctc import VOCAB, greedy_decode, span_mask, tri_stage
 from data2vec2.modalities.audio.data import AudioMaskingCollate, PretrainAudioDataset, load_audio, open_audio_source
 from data2vec2.modalities.audio.encoder import alibi_bias, alibi_slopes, gather_bias
 
@@ -160,20 +159,36 @@ def test_masked_frames_do_not_reach_the_student():
 
 
 def test_ctc_greedy_decoding_hand_made():
-    ids = {c: i for i, c in enumerate(VOCAB)}
+    from data2vec2.modalities.audio.ctc import BLANK, greedy_text
+
+    letters = [BLANK, " ", "'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    ids = {c: i for i, c in enumerate(letters)}
     frames = ["H", "H", "<blank>", "E", "L", "L", "<blank>", "L", "O", " ", " ", "<blank>", "A", "A"]
-    scores = torch.full((1, len(frames), len(VOCAB)), -10.0)
-    for t, c in enumerate(frames):
-        scores[0, t, ids[c]] = 0.0
-    assert greedy_decode(scores) == ["HELLO A"]
-    assert greedy_decode(scores, torch.tensor([9])) == ["HELLO"]
+    assert greedy_text([ids[c] for c in frames], letters) == "HELLO A"
+    assert greedy_text([ids[c] for c in frames[:9]], letters) == "HELLO"
+    assert greedy_text([ids[c] for c in [" ", "A", " ", " ", "<blank>", " "]], letters) == "A"
 
 
 def test_span_mask_and_tri_stage():
-    m = span_mask(4, 100, 0.5, 10, np.random.default_rng(0))
-    assert m.shape == (4, 100) and (m.sum(1) > 0).all()
-    assert tri_stage(0, 100) == pytest.approx(0.01) and tri_stage(30, 100) == 1.0
-    assert tri_stage(100, 100) == pytest.approx(0.05)
+    from data2vec2.modalities.audio.labelled import span_mask
+    from data2vec2.train.optim import lr_factor
+
+    rng = np.random.default_rng(0)
+    for length in (30, 100, 400):
+        m = span_mask(length, 0.5, 10, rng)
+        assert m.shape == (length,) and m.sum() >= 10  # at least one whole span
+        assert 0.2 < m.mean() <= 0.5 + 10 / length  # spans overlap: at most prob of the frames (plus one span)
+    assert not span_mask(10, 0.5, 10, rng).any()  # too short for a span
+    # warmup 10 from 1 %, hold 40, exponential decay to 5 % at 100, then 5 %
+    assert lr_factor(0, 10, 100, 0.05, "tri_stage", 40) == pytest.approx(0.01)
+    assert lr_factor(5, 10, 100, 0.05, "tri_stage", 40) == pytest.approx(0.505)
+    assert lr_factor(10, 10, 100, 0.05, "tri_stage", 40) == lr_factor(49, 10, 100, 0.05, "tri_stage", 40) == 1.0
+    assert lr_factor(75, 10, 100, 0.05, "tri_stage", 40) == pytest.approx(0.05 ** 0.5)
+    assert lr_factor(100, 10, 100, 0.05, "tri_stage", 40) == lr_factor(150, 10, 100, 0.05, "tri_stage", 40) \
+        == pytest.approx(0.05)
+    # linear (GLUE's polynomial decay of power 1): warmup from 0, then straight down to min_lr
+    assert lr_factor(5, 10, 110, 0.0, "linear") == 0.5 and lr_factor(60, 10, 110, 0.0, "linear") == 0.5
+    assert lr_factor(110, 10, 110, 0.0, "linear") == 0.0
 
 
 def _write_wavs(folder: Path, n: int, seconds: float = 1.0, rate: int = 8000) -> None:
@@ -261,30 +276,17 @@ def test_loss_falls_on_real_speech(tmp_path):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
-def _clips(n: int, seconds: float = 0.6):
-    from data2vec2.modalities.audio.data import normalize
-    from data2vec2.modalities.audio.evaluate import LabelledClips
-
-    rng = np.random.default_rng(0)
-    waves, labels = [], []
-    for i in range(n):
-        t = np.arange(int(16000 * (seconds + 0.1 * (i % 3)))) / 16000
-        f = 200 if i % 2 == 0 else 900
-        waves.append(normalize(np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(len(t))))
-        labels.append("LOW" if i % 2 == 0 else "HIGH")
-    return LabelledClips(waves, labels)
-
-
-def test_ctc_finetune_and_kws_run_end_to_end():
-    from data2vec2.modalities.audio.ctc import CTCConfig, evaluate_ctc
+def test_kws_probes_frozen_features_of_a_labelled_manifest(labelled_audio, tmp_path):
     from data2vec2.modalities.audio.kws import evaluate_kws
 
-    model, _ = small_model()
+    model, config = small_model()
     encoders = {"pretrained": model.encoder, "random": small_model()[0].encoder}
-    clips = _clips(8)
-    cfg = CTCConfig(steps=4, batch_size=4, freeze_steps=2, mask_channel_length=4)
-    result = evaluate_ctc(encoders, clips, {"test": clips}, cfg, progress=False)
-    for name in encoders:
-        assert 0.0 <= result[name]["test"]["cer"] and result[name]["test"]["num"] == 8
-    kws = evaluate_kws(encoders, _clips(40), _clips(10))
-    assert kws["classes"] == 2 and 0.0 <= kws["pretrained"]["accuracy"] <= 1.0
+    manifest = str(labelled_audio["classes"])
+    kws = evaluate_kws(encoders, config, manifest, manifest)
+    assert kws["classes"] == 2 and kws["num_train"] == kws["num_test"] == 24
+    assert all(0.0 <= kws[name]["accuracy"] <= 1.0 for name in encoders)
+    odd = tmp_path / "odd.tsv"
+    line = Path(manifest).read_text().splitlines()[0].rsplit("\t", 1)[0]  # path <TAB> samples
+    odd.write_text(f"{line}\tC\n")
+    with pytest.raises(DataError, match=r"odd.tsv:1: class 'C' does not occur in the training data"):
+        evaluate_kws(encoders, config, manifest, str(odd))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL
+from conftest import SMALL, SMALL_AUDIO, SMALL_TEXT
 from PIL import Image
 
 import data2vec2
@@ -30,7 +30,29 @@ TASKS = {
         "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3", "finetune.valid_size=40",
         "finetune.test=[]", "data.limit=200", "data.num_workers=0", "data.randaugment=2", "data.random_erasing=0.5",
         "data.mixup=0.8", "data.cutmix=1.0", "data.mix_prob=0.9"]),
+    # the encoder frozen for the first 2 updates, then trained; masks, layerdrop and dropout on
+    ("audio", "ctc"): ("audio-ctc-tiny", [
+        "train.batch_size=4", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
+        "train.time_budget_s=0", "optim.warmup_steps=2", "optim.hold_steps=1", "finetune.eval_every=3",
+        "finetune.valid_size=4", "finetune.test=[]", "finetune.freeze_steps=2", "data.num_workers=0",
+        "data.max_samples=48000", "data.channel_mask_length=4"]),
+    ("audio", "classification"): ("audio-cls-tiny", [
+        "train.batch_size=4", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
+        "train.time_budget_s=0", "optim.warmup_steps=2", "optim.hold_steps=1", "finetune.eval_every=3",
+        "finetune.valid_size=4", "finetune.test=[]", "finetune.freeze_steps=2", "data.num_workers=0",
+        "data.channel_mask_length=4"]),
+    ("text", "classification"): ("text-cls-tiny", [
+        "train.batch_size=8", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
+        "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3", "finetune.valid=",
+        "finetune.valid_size=16", "finetune.test=[]", "finetune.freeze_steps=2"]),
+    ("text", "regression"): ("text-cls-tiny", [
+        "finetune.task=regression", "train.batch_size=8", "train.max_steps=6", "train.log_every=1",
+        "train.precision=fp32", "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3",
+        "finetune.valid=", "finetune.valid_size=16", "finetune.test=[]"]),
 }
+# no dropout, drop path or layerdrop: their draws differ between 2 processes and 1
+DETERMINISTIC = ["model.drop_path=0", "model.layerdrop=0", "model.dropout=0", "model.attention_dropout=0",
+                 "model.activation_dropout=0", "model.post_mlp_dropout=0", "model.prenet_dropout=0"]
 
 
 @pytest.fixture(scope="session")
@@ -42,13 +64,45 @@ def image_init(cache_dir, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")
+def audio_init(audio_manifest, tmp_path_factory) -> Path:
+    """A pre-training run of a very small audio-tiny (3 updates)."""
+    run = tmp_path_factory.mktemp("pretrained-audio") / "run"
+    data2vec2.pretrain(data2vec2.load_config("audio-tiny", SMALL_AUDIO + [f"data.train={audio_manifest}",
+                                                                          "train.max_steps=3"]), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def text_init(real_text, tokenizer_file, tmp_path_factory) -> Path:
+    """A pre-training run of a very small text-tiny (3 updates) with its tokenizer."""
+    folder = tmp_path_factory.mktemp("pretrained-text")
+    data2vec2.pretrain(data2vec2.load_config("text-tiny", SMALL_TEXT + [
+        f"data.train={real_text}", f"data.tokenizer={tokenizer_file}", f"data.cache_dir={folder / 'cache'}",
+        "train.max_steps=3"]), folder / "run", progress=False)
+    return folder / "run"
+
+
 @pytest.fixture(params=list(TASKS), ids=lambda key: "-".join(key))
-def task(request, cache_dir, image_init) -> tuple[str, list[str]]:
-    """(preset, overrides) of a tiny fine-tuning of each task, from a tiny pre-trained encoder."""
-    modality, _ = request.param
+def task(request, cache_dir) -> tuple[str, list[str]]:
+    """(preset, overrides) of a tiny fine-tuning of each task, from a tiny pre-trained encoder, on
+    tiny real data."""
+    modality, name = request.param
     preset, overrides = TASKS[request.param]
-    init = {"image": image_init}[modality]
-    return preset, overrides + [f"finetune.init={init}", f"data.cache_dir={cache_dir}"]
+    init = request.getfixturevalue(f"{modality}_init")
+    if modality == "audio":
+        data = [f"data.train={request.getfixturevalue('labelled_audio')['ctc' if name == 'ctc' else 'classes']}"]
+    elif modality == "text":
+        glue = request.getfixturevalue("glue_tsv")
+        data = [f"data.train={glue}"]
+        if name == "regression":  # a number per sentence: its length in characters / 100
+            values = glue.with_name("values.tsv")
+            rows = [line.split("\t")[0] for line in glue.read_text().splitlines()[1:]]
+            values.write_text("sentence\tlabel\n" + "".join(f"{r}\t{len(r) / 100:.2f}\n" for r in rows))
+            data = [f"data.train={values}"]
+    else:
+        data = []
+    return preset, overrides + [f"finetune.init={init}", f"data.cache_dir={cache_dir}"] + data
 
 
 def run(preset: str, overrides: list[str], run_dir: Path, **options) -> dict:
@@ -84,7 +138,8 @@ def test_a_finetuning_keeps_its_best_checkpoint_and_writes_results(task, tmp_pat
     best = json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())
     metric = best["metric"]
     values = {r["step"]: r[f"valid_{metric}"] for r in valid}
-    assert best["value"] == max(values.values()) and values[best["step"]] == best["value"]
+    pick = max if best["higher_is_better"] else min  # (error rates: lower)
+    assert best["value"] == pick(values.values()) and values[best["step"]] == best["value"]
     assert (tmp_path / "run" / "checkpoints" / f"step_{best['step']:09d}.pt").exists()  # kept through pruning
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["best_step"] == best["step"] and saved["scores"]["valid"][metric] == pytest.approx(best["value"])
@@ -108,7 +163,8 @@ def test_a_resumed_finetuning_equals_an_uninterrupted_one(task, tmp_path):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_two_ddp_processes_equal_one_with_accumulation(task, tmp_path):
     preset, overrides = task
-    overrides = overrides + ["train.max_steps=3", "model.drop_path=0"]  # (drop path draws differ per process)
+    overrides = overrides + ["train.max_steps=3"] + DETERMINISTIC \
+        + (["model.text.embed_dropout=0"] if preset.startswith("text") else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29521",
                         "-m", "data2vec2", "finetune", preset, "--no-progress", "--run-dir", str(tmp_path / "ddp")]
@@ -123,6 +179,27 @@ def test_two_ddp_processes_equal_one_with_accumulation(task, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     scores = [json.loads((tmp_path / d / "results.json").read_text())["scores"] for d in ("ddp", "single")]
     assert scores[0]["valid"] == pytest.approx(scores[1]["valid"], abs=1e-6)  # the split is shared out and gathered
+
+
+def test_a_frozen_encoder_stays_as_loaded_while_the_head_learns(task, tmp_path):
+    """finetune.freeze_steps: the first updates train the head only (the encoder runs without
+    gradients and gets no optimizer state); the next ones train the encoder too."""
+    preset, overrides = task
+    init = next(o.split("=", 1)[1] for o in overrides if o.startswith("finetune.init="))
+    loaded = data2vec2.load_encoder(init).state_dict()
+    run(preset, overrides + ["finetune.freeze_steps=2", "finetune.eval_every=2", "train.max_steps=3"],
+        tmp_path / "run", max_steps=2)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    after = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    assert all(torch.equal(after[k], loaded[k]) for k in loaded)
+    head = [k for k in state["model"] if not k.startswith("encoder.")]
+    first = torch.load(tmp_path / "run" / "checkpoints" / "step_000000002.pt", weights_only=True)
+    assert head and len(first["optimizer"]["state"]) == len(head)  # AdamW's state: the head's parameters only
+    run(preset, overrides + ["finetune.freeze_steps=2", "finetune.eval_every=2", "train.max_steps=3"],
+        tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    after = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    assert not all(torch.equal(after[k], loaded[k]) for k in loaded)
 
 
 def test_initialisation_from_a_run_a_checkpoint_an_export_or_none(task, tmp_path):
@@ -237,6 +314,53 @@ def test_bad_input_gets_one_line_naming_it(image_init, cache_dir, tmp_path):
         run("image-cls-tiny", base + IMAGE_FOLDER + [f"data.train={more}", "train.max_steps=2"], tmp_path / "r5")
 
 
+def test_bad_speech_and_text_input_gets_one_line_naming_it(audio_init, text_init, labelled_audio, glue_tsv, cache_dir,
+                                                           tmp_path):
+    ctc = TASKS[("audio", "ctc")][1] + [f"finetune.init={audio_init}", f"data.cache_dir={cache_dir}"]
+    rows = labelled_audio["ctc"].read_text().splitlines()
+    train = tmp_path / "train.tsv"
+    train.write_text("\n".join(rows[:16]) + "\n")
+    path, samples, _ = rows[16].split("\t")
+    odd = tmp_path / "odd.tsv"
+    odd.write_text(f"{path}\t{samples}\tHELLO W0RLD\n")
+    with pytest.raises(DataError, match=r"odd.tsv:1: the transcript has '0', not among the letters"):
+        run("audio-ctc-tiny", ctc + [f"data.train={train}", f"finetune.valid={odd}"], tmp_path / "a1")
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(DataError, match="empty.tsv: no usable audio"):
+        run("audio-ctc-tiny", ctc + [f"data.train={tmp_path / 'empty.tsv'}"], tmp_path / "a2")
+    unlabelled = tmp_path / "unlabelled.tsv"
+    unlabelled.write_text(f"{path}\t{samples}\n")
+    with pytest.raises(DataError, match="unlabelled.tsv: every line needs a third column"):
+        run("audio-ctc-tiny", ctc + [f"data.train={unlabelled}"], tmp_path / "a3")
+    missing = tmp_path / "missing.tsv"
+    missing.write_text("\n".join(rows[:16]) + f"\n{tmp_path / 'gone.wav'}\t16000\tGONE\n")
+    with pytest.raises(DataError, match=r"missing.tsv:17: audio file .*gone.wav does not exist"):
+        run("audio-ctc-tiny", ctc + [f"data.train={missing}"], tmp_path / "a4")
+    # an unreadable file: skipped and reported (data.on_bad_file=skip) or the run stops, naming it
+    (tmp_path / "broken.wav").write_bytes(b"RIFF0000WAVEfmt not really")
+    broken = tmp_path / "broken.tsv"
+    broken.write_text("\n".join(rows[:16]) + f"\n{tmp_path / 'broken.wav'}\t16000\tBROKEN\n")
+    every = [f"data.train={broken}", f"finetune.valid={train}", "train.batch_size=17", "train.max_steps=1"]
+    result = run("audio-ctc-tiny", ctc + every, tmp_path / "a5")
+    assert result["skipped_files"] == 1 and result["steps"] == 1
+    with pytest.raises(DataError, match="broken.wav.*data.on_bad_file=stop"):
+        run("audio-ctc-tiny", ctc + every + ["data.on_bad_file=stop"], tmp_path / "a6")
+    # text: a missing label column, a label the training data lacks, a regression label that is no number
+    text = TASKS[("text", "classification")][1] + [f"finetune.init={text_init}", f"data.cache_dir={cache_dir}",
+                                                   f"data.train={glue_tsv}"]
+    (tmp_path / "nolabel.tsv").write_text("sentence\tscore\nfine\t1\n")
+    with pytest.raises(DataError, match=r"nolabel.tsv: no label column .*set data.label_column"):
+        run("text-cls-tiny", text + [f"finetune.valid={tmp_path / 'nolabel.tsv'}"], tmp_path / "t1")
+    (tmp_path / "seven.tsv").write_text("sentence\tlabel\nfine\t7\n")
+    with pytest.raises(DataError, match="seven.tsv:2: label '7' does not occur in the training data"):
+        run("text-cls-tiny", text + [f"finetune.valid={tmp_path / 'seven.tsv'}"], tmp_path / "t2")
+    (tmp_path / "words.tsv").write_text("sentence\tlabel\nfine\tgood\n")
+    with pytest.raises(DataError, match="words.tsv:2: label 'good' is not a number"):
+        run("text-cls-tiny", text + ["finetune.task=regression", f"data.train={tmp_path / 'words.tsv'}"], tmp_path / "t3")
+    with pytest.raises(ConfigError, match="finetune.metric: must be one of the task's metrics: accuracy, f1, mcc"):
+        run("text-cls-tiny", text + ["finetune.metric=wer"], tmp_path / "t4")
+
+
 def test_a_small_folder_holds_out_a_fifth_for_validation(image_init, cache_dir, tmp_path, capsys):
     base = TASKS[("image", "classification")][1] + [f"finetune.init={image_init}", f"data.cache_dir={cache_dir}"]
     folder = write_folder(tmp_path / "small", {"a": 48, "b": 48})
@@ -254,13 +378,41 @@ def test_the_command_line_compares_with_a_random_init_and_refuses_a_pretraining_
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    assert summary["metric"] == "accuracy" and set(summary) == {"metric", "pretrained", "random_init", "gain"}
+    assert summary["metric"] == "accuracy" and summary["higher_is_better"]
+    assert set(summary) == {"metric", "higher_is_better", "preset", "overrides", "seeds", "lrs", "pretrained",
+                            "random_init", "gain"}
     assert summary["gain"]["valid"] == pytest.approx(summary["pretrained"]["valid"]["accuracy"]
                                                      - summary["random_init"]["valid"]["accuracy"])
     assert (tmp_path / "cmp" / "random_init" / "results.json").exists()
     r = subprocess.run([sys.executable, "-m", "data2vec2", "finetune", "image-tiny", "--run-dir", str(tmp_path / "x")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 2 and "is a pre-training preset" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_seeds_and_learning_rates_choose_each_inits_lr_on_validation(text_init, glue_tsv, cache_dir, tmp_path):
+    """--seeds / --lrs: one run per (lr, seed) and init; each init's lr chosen by its mean validation
+    metric over the seeds; the test split only reported, with its mean and spread."""
+    from data2vec2.finetune import finetune_runs
+
+    overrides = TASKS[("text", "classification")][1] + [f"finetune.init={text_init}", f"data.train={glue_tsv}",
+                                                        f"data.cache_dir={cache_dir}", "train.max_steps=3",
+                                                        f"finetune.test=[{glue_tsv}]"]
+    summary = finetune_runs("text-cls-tiny", overrides, tmp_path / "grid", MODALITIES, compare=True, seeds=[3, 4],
+                            lrs=[1e-9, 3e-3], progress=False)
+    for name in ("pretrained", "random_init"):
+        results = {(lr, seed): json.loads((tmp_path / "grid" / name / f"lr{lr:g}-seed{seed}" / "results.json")
+                                          .read_text())["scores"] for lr in (1e-9, 3e-3) for seed in (3, 4)}
+        means = {lr: np.mean([results[lr, s]["valid"]["accuracy"] for s in (3, 4)]) for lr in (1e-9, 3e-3)}
+        chosen = summary[name]["lr"]
+        assert means[chosen] == max(means.values())
+        test = [results[chosen, s][str(glue_tsv)]["accuracy"] for s in (3, 4)]
+        assert summary[name][str(glue_tsv)]["accuracy"] == pytest.approx(np.mean(test))
+        assert summary[name][f"{glue_tsv}_std"]["accuracy"] == pytest.approx(np.std(test, ddof=1))
+        assert summary[name][f"{glue_tsv}_runs"] == test
+    assert summary["gain"]["valid"] == pytest.approx(summary["pretrained"]["valid"]["accuracy"]
+                                                     - summary["random_init"]["valid"]["accuracy"])
+    config = data2vec2.load_config(str(tmp_path / "grid" / "random_init" / "lr0.003-seed4" / "config.yaml"))
+    assert config.train.seed == 4 and config.optim.lr == 3e-3 and config.finetune.random_init
 
 
 def test_benchmark_times_a_finetuning_update(task, tmp_path):
@@ -284,7 +436,7 @@ def test_a_sharded_finetuning_resumes_and_scores_its_best_checkpoint(task, tmp_p
     preset, overrides = task
     overrides = overrides + ["train.fsdp=true"]
     try:
-        run(preset, overrides, tmp_path / "run", max_steps=4)
+        run(preset, overrides, tmp_path / "run", max_steps=2)  # (audio, text: saved with the encoder still frozen)
         result = run(preset, overrides, tmp_path / "run")
     finally:
         distributed.cleanup()

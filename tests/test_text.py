@@ -230,31 +230,13 @@ def test_transformers_round_trip(real_text, tokenizer_file, tmp_path, capsys):
     assert pair == tok.encode("a question", "an answer").ids and pair.count(EOS) == 3  # <s> A </s></s> B </s>
 
 
-def test_finetune_reports_pretrained_and_random(real_text, tokenizer_file, tmp_path):
-    from data2vec2.modalities.text.finetune import Recipe, finetune_compare
-
-    rows = ["sentence\tlabel"] + [f"{w} computer {w}\t{int(w == 'good')}" for w in ["good", "bad"] * 20]
-    for split in ("train", "dev"):
-        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    config = small_config(real_text, tokenizer_file, tmp_path)
-    encoder = build_encoder(config.model, MODALITIES["text"])
-    baseline = random_encoder(config.model, MODALITIES["text"], seed=1)
-    result = finetune_compare(encoder, config, tmp_path / "train.tsv", tmp_path / "dev.tsv",
-                              recipe=Recipe(epochs=10, lr=1e-3, batch_size=8), baseline=baseline, progress=False)
-    for name in ("pretrained", "random_init"):
-        final = result[name]["final"]["dev"]
-        assert set(final) == {"accuracy", "f1", "mcc"} and 0 <= final["accuracy"] <= 1
-    assert result["pretrained"]["updates"] == 50 and len(result["random_init"]["history"]) == 10
-    assert result["pretrained"]["final"]["dev"]["accuracy"] > 0.9  # a trivially separable task
-
-
 def test_frozen_probe_pools_each_block_over_tokens_and_chooses_features_on_dev(real_text, tokenizer_file, tmp_path):
-    from data2vec2.modalities.text.finetune import encode
     from data2vec2.modalities.text.probe import block_features, candidates, probe_task, sentence_features
 
     config = small_config(real_text, tokenizer_file, tmp_path)
     encoder = build_encoder(config.model, MODALITIES["text"])
-    ids = encode(load_tokenizer(tokenizer_file), [("a short one",), ("a much longer sentence about computers",)], 32)
+    tokenizer = load_tokenizer(tokenizer_file)
+    ids = [tokenizer.encode(t).ids for t in ("a short one", "a much longer sentence about computers")]
     together = block_features(encoder, ids)
     alone = torch.cat([block_features(encoder, [i]) for i in ids], dim=1)
     assert together.shape == (config.model.depth, 2, config.model.embed_dim)
@@ -268,46 +250,14 @@ def test_frozen_probe_pools_each_block_over_tokens_and_chooses_features_on_dev(r
     for split in ("train", "dev"):
         (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     encoders = {"pretrained": encoder, "random_init": random_encoder(config.model, MODALITIES["text"], seed=1)}
-    result = probe_task(encoders, config, tmp_path / "train.tsv", tmp_path / "dev.tsv")
+    result = probe_task(encoders, config, str(tmp_path / "train.tsv"), str(tmp_path / "dev.tsv"))
     assert result["classes"] == 2 and result["num_train"] == 40 and "test" not in result["pretrained"]
     candidates = [f"block {i + 1}" for i in range(config.model.depth)] + ["mean of blocks", "all blocks"]
     assert list(result["dev_by_features"]["random_init"]) == candidates and result["features"] in candidates
     assert result["pretrained"]["dev"] == result["dev_by_features"]["pretrained"][result["features"]] == 1.0
     (tmp_path / "odd.tsv").write_text("sentence\tlabel\nfine\t7\n")
-    with pytest.raises(DataError, match="labels \\['7'\\] do not occur"):
-        probe_task(encoders, config, tmp_path / "train.tsv", tmp_path / "odd.tsv")
-
-
-def test_finetune_seeds_chooses_each_encoders_lr_on_dev_and_averages_the_seeds(real_text, tokenizer_file, tmp_path):
-    from data2vec2.modalities.text.finetune import Recipe, finetune_seeds
-
-    rows = ["sentence\tlabel"] + [f"{w} computer {w}\t{int(w == 'good')}" for w in ["good", "bad"] * 12]
-    for split in ("train", "dev", "test"):
-        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    config = small_config(real_text, tokenizer_file, tmp_path)
-    encoder = build_encoder(config.model, MODALITIES["text"])
-    drawn = []
-
-    def random_init(seed):
-        drawn.append(seed)
-        return random_encoder(config.model, MODALITIES["text"], seed=seed)
-
-    result = finetune_seeds(encoder, config, tmp_path / "train.tsv", tmp_path / "dev.tsv", tmp_path / "test.tsv",
-                            lrs=[1e-9, 1e-3], seeds=[3, 4], random_init=random_init,
-                            recipe=Recipe(epochs=6, batch_size=8), progress=False)
-    assert drawn == [3, 4, 3, 4]  # one random init per seed, the same one for every learning rate
-    assert result["lrs"] == [1e-9, 1e-3] and result["seeds"] == [3, 4]
-    for name in ("pretrained", "random_init"):
-        r = result[name]
-        assert [(run["lr"], run["seed"]) for run in r["runs"]] == [(1e-9, 3), (1e-9, 4), (1e-3, 3), (1e-3, 4)]
-        dev = {lr: np.mean([run["final"]["dev"]["accuracy"] for run in r["runs"] if run["lr"] == lr])
-               for lr in (1e-9, 1e-3)}
-        assert r["chosen_lr"] == 1e-3 and dev[1e-3] > dev[1e-9]  # lr 1e-9 barely moves the weights
-        chosen = [run for run in r["runs"] if run["lr"] == 1e-3]
-        assert r["test"] == [run["final"]["test"]["accuracy"] for run in chosen]
-        assert r["test_mean"] == pytest.approx(np.mean(r["test"]))
-        assert r["test_std"] == pytest.approx(np.std(r["test"], ddof=1))
-        assert r["dev_mean"] == pytest.approx(dev[1e-3]) and r["dev_mean"] > 0.9
+    with pytest.raises(DataError, match="odd.tsv:2: label '7' does not occur in the training data"):
+        probe_task(encoders, config, str(tmp_path / "train.tsv"), str(tmp_path / "odd.tsv"))
 
 
 def test_reviews_corpus_leaves_out_rotten_tomatoes_and_the_evaluation_sentences(tmp_path):
@@ -346,12 +296,12 @@ def test_reviews_corpus_leaves_out_rotten_tomatoes_and_the_evaluation_sentences(
 
 
 def test_unknown_task_column_is_a_clear_error(tmp_path):
-    from data2vec2.modalities.text.finetune import read_tsv
+    from data2vec2.modalities.text.classification import read_tsv
 
     (tmp_path / "t.tsv").write_text("sentence\tlabel\nhello\t1\n")
-    with pytest.raises(DataError, match=r"unknown column 'review'; the header has \['sentence', 'label'\]"):
+    with pytest.raises(DataError, match=r"no column 'review'; the header has \['sentence', 'label'\]"):
         read_tsv(tmp_path / "t.tsv", ("review",))
-    with pytest.raises(DataError, match="unknown column 'stars'"):
+    with pytest.raises(DataError, match="no column 'stars'"):
         read_tsv(tmp_path / "t.tsv", label_column="stars")
     (tmp_path / "u.tsv").write_text("body\tlabel\nhello\t1\n")
     with pytest.raises(DataError, match="no known text column"):
@@ -389,8 +339,9 @@ def test_text_tiny_results_collector_checks_the_run_and_computes_the_gains(tmp_p
                    "matmul peak 397 GFLOP/s\n")
     probe = {"model": str(run), "features": "all blocks", "pretrained": {"dev": 0.65, "test": 0.66},
              "random_init": {"dev": 0.59, "test": 0.65}}
-    finetune = {"model": str(run), "seeds": [0, 1], "lrs": [1e-4],
-                **{name: {"chosen_lr": 1e-4, "dev_mean": 0.7, "test_mean": m, "test_std": 0.01}
+    finetune = {"model": str(run), "seeds": [0, 1], "lrs": [1e-4], "metric": "accuracy",
+                **{name: {"lr": 1e-4, "valid": {"accuracy": 0.7}, "rotten-tomatoes:test": {"accuracy": m},
+                          "rotten-tomatoes:test_std": {"accuracy": 0.01}}
                    for name, m in (("pretrained", 0.74), ("random_init", 0.73))}}
     (tmp_path / "probe.json").write_text(json.dumps(probe))
     (tmp_path / "finetune.json").write_text(json.dumps(finetune))

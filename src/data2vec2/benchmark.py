@@ -10,6 +10,8 @@ processes on a shared machine slows both sides of the ratio alike; the median ra
 
 from __future__ import annotations
 
+import copy
+
 import platform
 import resource
 import time
@@ -36,10 +38,12 @@ def time_updates(config: "Config", modality: "Modality", steps: int, warmup: int
     (its objective around the config's encoder, on a batch of the task's synthetic samples)."""
     if config.finetune.task:  # (a random encoder of the config's architecture: the weights do not change the time)
         task = modality.tasks[config.finetune.task]
-        batch, labels = task.synthetic_batch(config)
+        config = copy.deepcopy(config)
+        config.finetune.freeze_steps = 0  # an update of the whole model, as after the frozen start
+        batch, labels, size = task.synthetic_batch(config)
         training = setup_training(config, modality, build_model=lambda resuming: task.build(
             build_encoder(config.model, modality), config, labels))
-        flops = task.step_flops(config)
+        flops = task.step_flops(config, size)
     else:
         training = setup_training(config, modality)
         batch, length = modality.synthetic_batch(config)

@@ -59,43 +59,19 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_finetune(args) -> None:
-    from .finetune import finetune, load_finetune_config
+    from .finetune import finetune_runs
     from .modalities import MODALITIES
     from .train import distributed
 
     overrides = list(args.overrides) + ([f"finetune.init={args.init}"] if args.init else [])
-    config = load_finetune_config(args.preset, overrides, MODALITIES)
-    if not config.finetune.task:
-        raise ConfigError(f"{args.preset} sets no finetune.task: it is a pre-training preset (data2vec2 pretrain); "
-                          f"the fine-tuning presets are listed by data2vec2 presets")
-    modality = MODALITIES[config.model.modality]
-    run = Path(args.run_dir or f"runs/{config.name}")
-    runs = {"": config}
-    if args.compare:  # the same recipe on the same data from a random encoder of the same architecture
-        if not config.finetune.init:
-            raise ConfigError("--compare needs finetune.init (--init): the encoder to compare with a random one")
-        runs = {"pretrained": config,
-                "random_init": load_finetune_config(args.preset, overrides + ["finetune.random_init=true"], MODALITIES)}
-    results = {}
+    run = Path(args.run_dir or f"runs/{Path(args.preset).stem}")
     try:
-        for name, run_config in runs.items():
-            out = finetune(run_config, run / name if name else run, modality, resume=not args.no_resume,
-                           progress=not args.no_progress)
-            results[name or "result"] = out.get("results")
+        summary = finetune_runs(args.preset, overrides, run, MODALITIES, compare=args.compare, seeds=args.seeds,
+                                lrs=args.lrs, resume=not args.no_resume, progress=not args.no_progress)
     finally:
         distributed.cleanup()
-    if os.environ.get("RANK", "0") != "0":
-        return
-    if args.compare and all(results.values()):
-        metric = results["pretrained"]["metric"]
-        summary = {"metric": metric, **{name: r["scores"] for name, r in results.items()}}
-        for split in results["pretrained"]["scores"]:
-            summary.setdefault("gain", {})[split] = (results["pretrained"]["scores"][split][metric]
-                                                     - results["random_init"]["scores"][split][metric])
-        (run / "comparison.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if summary is not None:
         print(json.dumps(summary))
-    elif results.get("result"):
-        print(json.dumps({"scores": results["result"]["scores"], "best_step": results["result"]["best_step"]}))
 
 
 def cmd_export(args) -> None:
@@ -204,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true",
                    help="also fine-tune a random encoder of the same architecture with the same recipe: "
                         "RUN_DIR/pretrained, RUN_DIR/random_init and RUN_DIR/comparison.json")
+    p.add_argument("--seeds", nargs="+", type=int,
+                   help="fine-tune once per seed (train.seed; it also draws the random twin); mean and spread in "
+                        "RUN_DIR/comparison.json")
+    p.add_argument("--lrs", nargs="+", type=float,
+                   help="fine-tune once per learning rate (optim.lr) too; each init's is chosen on the validation "
+                        "metric (its mean over the seeds)")
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in the run folder")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")

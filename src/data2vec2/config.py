@@ -123,7 +123,12 @@ class OptimConfig:
     # The reference code (as written) decays every trainable parameter, 1-D ones included. True
     # keeps that; False exempts biases, norms and the CLS token (a deliberate deviation).
     decay_1d_params: bool = True
+    # the learning-rate schedule: cosine (pre-training, image fine-tuning: warmup, half cosine to min_lr),
+    # linear (GLUE: warmup, straight line to min_lr; fairseq's polynomial_decay of power 1) or tri_stage
+    # (speech fine-tuning: warmup from lr/100, hold_steps at lr, exponential decay to min_lr)
+    schedule: str = "cosine"
     warmup_steps: int = 50_040
+    hold_steps: int = 0  # tri_stage only: updates at the peak between the warmup and the decay
     min_lr: float = 0.0
     clip_norm: float = 4.0  # 0 disables clipping
 
@@ -214,9 +219,14 @@ class FinetuneConfig:
     # the local encoder, the norms and the head at lr (the reference's choice). 1: no decay
     layer_decay: float = 1.0
     label_smoothing: float = 0.0  # classification: the target puts this much mass evenly on every class
+    # the encoder is frozen (run without gradients; only the task's head learns) for the first updates
+    # (the reference's freeze_finetune_updates, speech)
+    freeze_steps: int = 0
+    metric: str = ""  # the validation metric that chooses the best checkpoint; "": the task's own
 
 
 OBJECTIVES = ("data2vec2", "data2vec1", "mae", "mlm")
+SCHEDULES = ("cosine", "linear", "tri_stage")
 PRE_TRAINING_SECTIONS = ("objective", "decoder", "masking", "targets", "loss", "ema", "guards")
 
 
@@ -273,6 +283,11 @@ class Config:
             (0.0 <= self.ema.decay <= 1.0 and 0.0 <= self.ema.end_decay <= 1.0, "ema.decay", "must be in [0, 1]"),
             (optim.lr > 0, "optim.lr", "must be > 0"),
             (optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0"),
+            (optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {', '.join(SCHEDULES)}"),
+            (optim.hold_steps >= 0 and (optim.hold_steps == 0 or optim.schedule == "tri_stage"), "optim.hold_steps",
+             "must be >= 0, and is read by optim.schedule=tri_stage only"),
+            (optim.schedule != "tri_stage" or 0 < optim.min_lr <= optim.lr, "optim.min_lr",
+             "tri_stage decays exponentially to optim.min_lr: it must be in (0, optim.lr] (the reference: lr x 0.05)"),
             (train.batch_size >= 1, "train.batch_size", "must be >= 1"),
             (train.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
             (train.max_steps >= 1, "train.max_steps", "must be >= 1"),
@@ -293,6 +308,11 @@ class Config:
             (self.finetune.eval_every >= 1, "finetune.eval_every", "must be >= 1"),
             (0.0 < self.finetune.layer_decay <= 1.0, "finetune.layer_decay", "must be in (0, 1]"),
             (0.0 <= self.finetune.label_smoothing < 1.0, "finetune.label_smoothing", "must be in [0, 1)"),
+            (self.finetune.freeze_steps >= 0, "finetune.freeze_steps", "must be >= 0"),
+            (not self.finetune.metric or self.finetune.task not in modality.tasks
+             or self.finetune.metric in modality.tasks[self.finetune.task].metrics, "finetune.metric",
+             f"must be one of the task's metrics: "
+             f"{', '.join(modality.tasks[self.finetune.task].metrics) if self.finetune.task in modality.tasks else ''}"),
             (not self.finetune.random_init or bool(self.finetune.init), "finetune.random_init",
              "takes the architecture of finetune.init: name one"),
         ]

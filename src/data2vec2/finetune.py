@@ -16,6 +16,7 @@ guard, SIGTERM, the run lock, the time budget. What is added here, for every tas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -77,8 +78,9 @@ def finetune(config: Config, run_dir: str | Path, modality: "Modality", **option
     def data(progress: bool) -> PretrainingData:
         fit, valid, labels = training_and_validation(config, task)
         parts.update(valid=valid, labels=labels)
+        size = float(np.mean(fit.lengths)) if fit.lengths else 0.0
         return PretrainingData(dataset=fit.dataset, collate=fit.collate, lengths=fit.lengths,
-                               step_flops=task.step_flops(config))
+                               step_flops=task.step_flops(config, size))
 
     def build_model(resuming: bool) -> nn.Module:
         return build_objective(config, modality, task, parts["labels"], resuming)
@@ -92,10 +94,111 @@ def finetune(config: Config, run_dir: str | Path, modality: "Modality", **option
 
     # the label set: what the head's outputs mean, fixed by the training data; checked on resume
     labels = task.data(config, config.data.train, None, False).labels
+    metric = chosen_metric(config, task)
     job = Job(data=data, build_model=build_model, validate=validate,
-              every=config.finetune.eval_every, metric=task.metric, higher_is_better=task.higher_is_better,
+              every=config.finetune.eval_every, metric=metric, higher_is_better=metric not in task.lower_is_better,
               state={"task": {"name": task.name, "labels": labels}}, finish=finish)
     return train(config, run_dir, modality, job, **options)
+
+
+def finetune_runs(preset: str, overrides: list[str], run_dir: Path, modalities: Mapping[str, "Modality"], *,
+                  compare: bool = False, seeds: list[int] | None = None, lrs: list[float] | None = None,
+                  resume: bool = True, progress: bool = True) -> dict | None:
+    """The fine-tuning of a preset into `run_dir`, or several, side by side:
+        compare  the same recipe on the same data from a random encoder of the same architecture
+                 (run_dir/pretrained, run_dir/random_init)
+        seeds    once per train.seed (which draws the head, the batch order, dropout and the random
+                 twin), and with several `lrs` once per learning rate too (run_dir/<init>/lr<lr>-seed<s>);
+                 each init's learning rate is chosen on the validation metric's mean over the seeds
+    The summary (also run_dir/comparison.json): each init's scores (mean and spread over the seeds),
+    and the gain of the pre-trained encoder on each split (positive: better, error rates included).
+    None on processes other than the main one."""
+    config = load_finetune_config(preset, overrides, modalities)
+    if not config.finetune.task:
+        raise ConfigError(f"{preset} sets no finetune.task: it is a pre-training preset (data2vec2 pretrain); "
+                          f"the fine-tuning presets are listed by data2vec2 presets")
+    modality = modalities[config.model.modality]
+    inits = {"pretrained": []}
+    if compare:
+        if not config.finetune.init:
+            raise ConfigError("--compare needs finetune.init (--init): the encoder to compare with a random one")
+        inits["random_init"] = ["finetune.random_init=true"]
+    grid = [(lr, seed) for lr in (lrs or [None]) for seed in (seeds or [None])]
+    results: dict[str, list] = {}
+    for name, extra in inits.items():
+        for lr, seed in grid:
+            more = extra + ([f"optim.lr={lr}"] if lr is not None else []) + ([f"train.seed={seed}"] if seed is not None
+                                                                             else [])
+            folder = run_dir / name if compare else run_dir
+            if lrs or seeds:
+                folder = folder / "-".join(([f"lr{lr:g}"] if lr is not None else []) + ([f"seed{seed}"] if seed is not
+                                                                                         None else []))
+            out = finetune(load_finetune_config(preset, overrides + more, modalities), folder, modality,
+                           resume=resume, progress=progress)
+            results.setdefault(name, []).append({"lr": lr, "seed": seed, "results": out.get("results")})
+    if os.environ.get("RANK", "0") != "0" or not all(r["results"] for runs in results.values() for r in runs):
+        return None
+    first = results["pretrained"][0]["results"]
+    metric, sign = first["metric"], 1.0 if first["higher_is_better"] else -1.0
+    summary = {"metric": metric, "higher_is_better": first["higher_is_better"], "preset": preset,
+               "overrides": list(overrides), "seeds": seeds, "lrs": lrs}
+    for name, runs in results.items():
+        chosen = max(lrs or [None], key=lambda lr: sign * np.mean(
+            [r["results"]["scores"]["valid"][metric] for r in runs if r["lr"] == lr]))
+        kept = [r for r in runs if r["lr"] == chosen]
+        entry = {"lr": chosen} if lrs else {}
+        for split in first["scores"]:
+            values = {k: [r["results"]["scores"][split][k] for r in kept] for k in first["scores"][split]}
+            entry[split] = {k: float(np.mean(v)) for k, v in values.items()}
+            if seeds and len(seeds) > 1:
+                entry[split + "_std"] = {k: float(np.std(v, ddof=1)) for k, v in values.items()}
+                entry[split + "_runs"] = values[metric]
+        summary[name] = entry
+    if compare:
+        summary["gain"] = {split: sign * (summary["pretrained"][split][metric] - summary["random_init"][split][metric])
+                           for split in first["scores"]}
+    if compare or seeds or lrs:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "comparison.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def chosen_metric(config: Config, task: "Task") -> str:
+    """The validation metric that chooses the best checkpoint: finetune.metric, or the task's."""
+    return config.finetune.metric or task.metric
+
+
+class TaskObjective(nn.Module):
+    """What every fine-tuning objective shares: its encoder, frozen (run without gradients, so that
+    only the task's head learns) for the first finetune.freeze_steps updates; layer decay of the
+    learning rate; the whole objective as the one checkpoint part; nothing to do after an update.
+    A task's objective adds forward(batch) -> LossOutput and predict(batch) -> one output per sample."""
+
+    def __init__(self, encoder: nn.Module, config: Config):
+        super().__init__()
+        self.encoder = encoder
+        self.freeze_steps, self.layer_decay = config.finetune.freeze_steps, config.finetune.layer_decay
+        self.updates = 0  # updates made so far: the trainer sets it before each one (set_num_updates)
+
+    def set_num_updates(self, updates: int) -> None:
+        self.updates = updates
+
+    def encoder_context(self):
+        """Where the encoder runs: without gradients while it is frozen (in training)."""
+        return torch.no_grad() if self.training and self.updates < self.freeze_steps else contextlib.nullcontext()
+
+    @property
+    def trained(self) -> nn.Module:
+        return self
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"model": self}
+
+    def after_update(self, update: int) -> dict[str, float]:
+        return {}
+
+    def lr_scales(self) -> dict[str, float]:
+        return layer_scales(self, self.layer_decay)
 
 
 def training_and_validation(config: Config, task: "Task") -> tuple[TaskData, TaskData, list[str]]:
@@ -172,17 +275,22 @@ def layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(model: nn.Module, task: "Task", data: TaskData, labels: list[str], config: Config,
              device: torch.device, autocast) -> dict[str, float]:
-    """Every metric of the task on `data`, the model in eval mode. Each process scores its share of
-    the samples (padded so that all run as many batches, which sharded models need); the outputs
-    are gathered and scored once, in the samples' order."""
-    info_rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
+    """Every metric of the task on `data`, the model in eval mode. The samples (by length, where
+    lengths are known) are cut into batches of the micro-batch size the same way whatever the number
+    of processes (a padded batch's outputs depend on its company: the reference's position
+    convolution reads the padding), and the batches dealt out to the processes (padded with repeats
+    so that all run as many, which sharded models need); the outputs are gathered and scored once,
+    in the samples' order."""
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
         if distributed.is_distributed() else (0, 1)
     n = len(data.dataset)
-    share = -(-n // world)
-    mine = [(info_rank + world * k) % n for k in range(share)]
+    order = sorted(range(n), key=lambda i: data.lengths[i]) if data.lengths is not None else list(range(n))
     batch_size = max(1, config.train.batch_size // (world * config.train.grad_accum))
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    rounds = -(-len(batches) // world)
+    mine = [batches[(rank + world * k) % len(batches)] for k in range(rounds)]
     workers = pick_workers(config.data.num_workers)
-    loader = torch.utils.data.DataLoader(data.dataset, batch_size=batch_size, sampler=mine, collate_fn=data.collate,
+    loader = torch.utils.data.DataLoader(data.dataset, batch_sampler=mine, collate_fn=data.collate,
                                          num_workers=workers, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
@@ -220,7 +328,9 @@ def final_results(training: Training, task: "Task", parts: dict, best: dict | No
               for name, data in splits.items()}
     from .benchmark import machine
 
-    results = {"task": task.name, "metric": task.metric, "best_step": best["step"] if best else None,
+    metric = chosen_metric(config, task)
+    results = {"task": task.name, "metric": metric, "higher_is_better": metric not in task.lower_is_better,
+               "best_step": best["step"] if best else None,
                "scores": scores, "labels": parts["labels"], "init": config.finetune.init,
                "random_init": config.finetune.random_init, "train": config.data.train,
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),

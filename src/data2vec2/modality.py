@@ -50,13 +50,15 @@ class Task:
     build: Callable[..., nn.Module]
     # (outputs, targets, labels) -> {metric: value}: every metric of the task on a split
     score: Callable[..., dict[str, float]]
-    metric: str  # the one that chooses the best checkpoint
-    # (config) -> FLOPs of one update at the configured batch
-    step_flops: Callable[[Any], float]
+    metric: str  # the one that chooses the best checkpoint (unless finetune.metric names another)
+    metrics: tuple[str, ...]  # every one `score` gives
+    # (config, mean sample size: TaskData.lengths' mean, 0 without lengths) -> FLOPs of one update at
+    # the configured batch
+    step_flops: Callable[[Any, float], float]
     # (config) -> (a training batch of train.batch_size random samples through the task's collate, the
-    # labels it uses): what `data2vec2 benchmark` times
-    synthetic_batch: Callable[[Any], tuple[dict, list[str]]]
-    higher_is_better: bool = True
+    # labels it uses, the sample size to give step_flops): what `data2vec2 benchmark` times
+    synthetic_batch: Callable[[Any], tuple[dict, list[str], float]]
+    lower_is_better: tuple[str, ...] = ()  # the metrics that are better when lower (error rates)
 
 
 @dataclass(frozen=True)

@@ -84,10 +84,6 @@ class Student(nn.Module):
         self.num_masks = config.masking.num_masks
         self.noise_std = config.decoder.mask_noise_std
         self.decoder_input_dropout = config.decoder.input_dropout
-        self.drop_masked = config.masking.drop_masked
-        if not self.drop_masked:  # the ablation that encodes masked tokens (masking.drop_masked=false)
-            self.mask_embedding = nn.Parameter(torch.empty(config.model.embed_dim))
-            nn.init.trunc_normal_(self.mask_embedding, std=0.02)
 
     def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor,
                 masked_per_row: int | None = None) -> StudentOutput:
@@ -95,12 +91,6 @@ class Student(nn.Module):
         (`masked_per_row`, if known); noise_seeds: (B,) int64, one per sample."""
         local_features = self.encoder.local_features(inputs)  # (B, T, D)
         padding = self.encoder.local_encoder.padding_mask(inputs)
-        if not self.drop_masked:  # every token encoded; the decoder sees the encoder's output everywhere
-            encoded = self.encoder.forward_mask_embedded(local_features, mask, self.num_masks, self.mask_embedding,
-                                                         padding).x  # (B*M, extra + T, D)
-            x = F.dropout(encoded, self.decoder_input_dropout, self.training)
-            pred = self.decoder(x[:, self.encoder.num_extra_tokens:])
-            return StudentOutput(local_features=local_features, encoded=encoded, pred=pred)
         info = MaskInfo.from_mask(mask, masked_per_row)
         encoded = self.encoder.forward_masked(local_features, info, self.num_masks, padding).x
         x = F.dropout(encoded, self.decoder_input_dropout, self.training)
@@ -149,10 +139,11 @@ class PretrainingObjective(nn.Module):
 
 
 class Data2Vec2(PretrainingObjective):
-    def __init__(self, encoder: Encoder, decoder: nn.Module, config: Config):
+    def __init__(self, encoder: Encoder, decoder: nn.Module, config: Config, student: type = Student):
+        """`student`: the paper's Student, or an ablation's (objectives/data2vec1.py)."""
         super().__init__()
         self.config = config
-        self.student = Student(encoder, decoder, config)
+        self.student = student(encoder, decoder, config)
         # The teacher is an fp32 EMA copy of the encoder. Without `ema_local_encoder` (text, and
         # the reference's audio) it has no copy of the local encoder's shareable parts and encodes
         # the student's local features, detached.

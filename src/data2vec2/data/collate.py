@@ -36,6 +36,7 @@ class Stream(IntEnum):
     BATCH_CROP = 4  # audio: the crop of each sample to the batch's shortest
     REPLACE = 5  # the order in which an unreadable sample's replacements are tried
     MIX = 6  # fine-tuning: mixup / cutmix of a batch (the stream of its first sample)
+    CHANNEL_MASK = 7  # speech fine-tuning: the channels masked
 
 
 def sample_rng(seed: int, epoch: int, index: int, stream: Stream) -> np.random.Generator:

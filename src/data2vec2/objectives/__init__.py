@@ -3,7 +3,8 @@ checkpoints and evaluations, so that a comparison measures the objectives and no
 (`objective` in the config; docs/efficiency.md):
 
     data2vec2  the paper (model.py)
-    data2vec1  data2vec 1.0: the whole sequence with a mask embedding, a linear head (data2vec1.py)
+    data2vec1  data2vec 1.0: the whole sequence with a mask embedding, a linear head (data2vec1.py);
+               its way of encoding with data2vec 2.0's decoder is the ablation masking.drop_masked=false
     mae        MAE: pixels of the masked patches through a Transformer decoder (mae.py)
     mlm        masked language modelling, RoBERTa-style (mlm.py)
 """
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..config import Config
-from ..model import build_encoder
+from ..model import Data2Vec2, build_encoder
 from ..model import build_model as build_data2vec2
-from .data2vec1 import Data2Vec1
+from .data2vec1 import Data2Vec1, MaskEmbeddedStudent
 from .mae import MAE
 from .mlm import MLM
 
@@ -34,4 +35,7 @@ def build_model(config: Config, modality: "Modality") -> nn.Module:
         return MAE(build_encoder(config.model, modality), config)
     if config.objective == "mlm":
         return MLM(build_encoder(config.model, modality), config)
+    if not config.masking.drop_masked:  # the ablation that encodes the masked tokens
+        return Data2Vec2(build_encoder(config.model, modality), modality.decoder(config), config,
+                         student=MaskEmbeddedStudent)
     return build_data2vec2(config, modality)

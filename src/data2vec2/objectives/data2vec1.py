@@ -25,12 +25,13 @@ outputs).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config
 from ..encoder import Encoder
 from ..errors import ConfigError
-from ..model import Data2Vec2, StudentOutput
+from ..model import Data2Vec2, Student, StudentOutput
 from ..nn.decoders import projection
 
 
@@ -67,3 +68,25 @@ class Data2Vec1(Data2Vec2):
             raise ConfigError("loss.cls_weight: data2vec 1.0 has no CLS loss; set loss.cls_weight=0")
         super().__init__(encoder, nn.Identity(), config)
         self.student = Data2Vec1Student(encoder, config)
+
+
+class MaskEmbeddedStudent(Student):
+    """The ablation `masking.drop_masked=false` of data2vec 2.0 (docs/efficiency.md): its student
+    (M clones, the conv decoder, the same targets and loss) encoding every token as data2vec 1.0's
+    student does, the masked ones replaced by a learned mask embedding, instead of dropping them."""
+
+    def __init__(self, encoder: Encoder, decoder: nn.Module, config: Config):
+        super().__init__(encoder, decoder, config)
+        self.mask_embedding = nn.Parameter(torch.empty(config.model.embed_dim))
+        nn.init.trunc_normal_(self.mask_embedding, std=0.02)
+
+    def forward(self, inputs: Tensor, mask: Tensor, noise_seeds: Tensor,
+                masked_per_row: int | None = None) -> StudentOutput:
+        """As Student.forward; noise_seeds and masked_per_row unused (nothing is dropped)."""
+        local_features = self.encoder.local_features(inputs)  # (B, T, D)
+        padding = self.encoder.local_encoder.padding_mask(inputs)
+        encoded = self.encoder.forward_mask_embedded(local_features, mask, self.num_masks, self.mask_embedding,
+                                                     padding).x  # (B*M, extra + T, D)
+        x = F.dropout(encoded, self.decoder_input_dropout, self.training)
+        pred = self.decoder(x[:, self.encoder.num_extra_tokens:])  # the decoder sees every position
+        return StudentOutput(local_features=local_features, encoded=encoded, pred=pred)

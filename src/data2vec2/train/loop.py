@@ -251,7 +251,7 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-BEST_FILE = "best.json"  # checkpoints/best.json: {"step", "metric", "value", "scores"}
+BEST_FILE = "best.json"  # checkpoints/best.json: {"step", "metric", "higher_is_better", "value", "scores"}
 
 
 def _read_best(run_dir: Path) -> dict | None:
@@ -271,6 +271,9 @@ def _validate(training: Training, job: Job, step: int, run_dir: Path, best: dict
         scores = job.validate(training)
     training.model.train()
     logger.log(step, {f"valid_{k}": v for k, v in scores.items()})
+    if job.metric not in scores:
+        raise ConfigError(f"the validation metric {job.metric!r} (finetune.metric) is not scored on this data; "
+                          f"it gives {', '.join(scores)}")
     value = scores[job.metric]
     better = best is None or (value > best["value"] if job.higher_is_better else value < best["value"])
     if training.dist.is_main:
@@ -279,7 +282,8 @@ def _validate(training: Training, job: Job, step: int, run_dir: Path, best: dict
                   file=sys.stdout)
     if not better:
         return best
-    best = {"step": step, "metric": job.metric, "value": value, "scores": scores}
+    best = {"step": step, "metric": job.metric, "higher_is_better": job.higher_is_better, "value": value,
+            "scores": scores}
     if training.dist.is_main:
         path = run_dir / "checkpoints" / BEST_FILE
         tmp = path.with_name(f".{BEST_FILE}.tmp")

@@ -1,4 +1,5 @@
-"""AdamW and the learning-rate schedule (fairseq/optim/adam.py, fairseq/optim/lr_scheduler/cosine_lr_scheduler.py)."""
+"""AdamW and the learning-rate schedules (fairseq/optim/adam.py; fairseq/optim/lr_scheduler/: cosine_lr_scheduler.py,
+polynomial_decay_schedule.py, tri_stage_lr_scheduler.py)."""
 
 from __future__ import annotations
 
@@ -35,12 +36,30 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device,
                              fused=fused)
 
 
-def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
-    """Linear warmup from 0 to 1 over `warmup` updates, then a half cosine down to `min_ratio`
-    at `max_steps`, constant afterwards."""
+TRI_STAGE_START = 0.01  # tri_stage warms up from lr x this (the reference's init_lr_scale)
+
+
+def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float, schedule: str = "cosine",
+              hold: int = 0) -> float:
+    """The learning rate after `step` updates, as a fraction of the peak:
+        cosine     linear warmup from 0 over `warmup` updates, then a half cosine down to `min_ratio`
+                   at `max_steps`
+        linear     linear warmup from 0, then a straight line down to `min_ratio` at `max_steps`
+        tri_stage  linear warmup from TRI_STAGE_START, `hold` updates at 1, then exponential decay to
+                   `min_ratio` at `max_steps`
+    and `min_ratio` after `max_steps`."""
+    if schedule == "tri_stage":
+        if step < warmup:
+            return TRI_STAGE_START + (1.0 - TRI_STAGE_START) * step / warmup
+        if step < warmup + hold:
+            return 1.0
+        progress = min(1.0, (step - warmup - hold) / max(1, max_steps - warmup - hold))
+        return math.exp(math.log(min_ratio) * progress)
     if step < warmup:
         return step / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_ratio) * progress
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -62,12 +81,13 @@ class Progress:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int,
                     start_step: int = 0, progress: Progress | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup + cosine on the peak `cfg.lr`, positioned after `start_step` updates (a resume), at
+    """`cfg.schedule` on the peak `cfg.lr`, positioned after `start_step` updates (a resume), at
     `progress`'s position of each update."""
     min_ratio = cfg.min_lr / cfg.lr
     position = progress.position if progress is not None else (lambda step: step)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(position(step), cfg.warmup_steps, max_steps, min_ratio),
+        optimizer, lambda step: lr_factor(position(step), cfg.warmup_steps, max_steps, min_ratio, cfg.schedule,
+                                          cfg.hold_steps),
         last_epoch=start_step - 1)
 
 

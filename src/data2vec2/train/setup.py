@@ -248,9 +248,10 @@ def setup_training(config: Config, modality: "Modality", state: dict | None = No
     ddp = None
     if info.world_size > 1 and not train.fsdp:
         # the whole model: DDP reduces the gradients of what requires them (a teacher has none); a
-        # block skipped by layerdrop (on some processes only) leaves its weights without gradients
+        # block skipped by layerdrop (on some processes only), or an encoder frozen for the first
+        # fine-tuning updates, leaves its weights without gradients
         ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                  find_unused_parameters=config.model.layerdrop > 0)
+                  find_unused_parameters=config.model.layerdrop > 0 or config.finetune.freeze_steps > 0)
     model.train()
     return Training(config=config, model=model, optimizer=optimizer, scheduler=scheduler, device=device,
                     dtype=dtype, dist=info, ddp=ddp, progress=progress)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import StorageMeta
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ..errors import TrainingError
 from .checkpoint import SHARDED_INDEX
@@ -36,9 +36,16 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
     """The model and AdamW's state from the sharded checkpoint folder `path`, whatever the number
     of processes that wrote it (collective)."""
     model_state, optim_state = get_state_dict(model, optimizer)
+    # a parameter that had no optimizer state when saved (an encoder still frozen: it had no gradient
+    # yet) gets none now either, as in the run that goes on without a stop
+    saved = set(_SafeReader(path).read_metadata().state_dict_metadata)
+    kept = {name: value for name, value in optim_state["state"].items() if f"optimizer.state.{name}.step" in saved}
+    stateless = len(kept) < len(optim_state["state"])
+    optim_state["state"] = kept
     state = {"model": model_state, "optimizer": optim_state}
     _load(state, path, no_dist=False)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=not stateless))
 
 
 def load_sharded_weights(state_dict: dict[str, torch.Tensor], path: Path, prefix: str) -> None:

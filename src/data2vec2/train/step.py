@@ -44,6 +44,8 @@ def on_device(batch: dict, device: torch.device) -> dict:
 def train_step(training: Training, micro_batches: list[dict], step: int, with_metrics: bool = False) -> StepResult:
     """Update number `step + 1` from this process's `micro_batches` (collate dicts)."""
     model, world = training.model, training.dist.world_size
+    if hasattr(model, "set_num_updates"):  # a fine-tuning objective (its encoder may be frozen at first)
+        model.set_num_updates(step)
     loss_total = torch.zeros((), device=training.device)
     count = 0
     metric_sums: dict[str, torch.Tensor] = {}

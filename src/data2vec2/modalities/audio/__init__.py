@@ -1,11 +1,13 @@
-"""Audio: the raw 16 kHz waveform through the wav2vec 2.0 CNN, ALiBi, 1-D block masking; CTC and
-keyword-spotting evaluations; the offline speech corpus."""
+"""Audio: the raw 16 kHz waveform through the wav2vec 2.0 CNN, ALiBi, 1-D block masking; CTC speech
+recognition and utterance classification (keyword spotting); the offline speech corpus."""
 
 from __future__ import annotations
 
 from ...export import write_encoder
 from ...modality import Modality
+from .classification import CLASSIFICATION
 from .commands import add_commands
+from .ctc import CTC
 from .data import AudioDataSettings, pretraining_data, synthetic_batch
 from .encoder import AudioLocalEncoder, AudioSettings, build_decoder, step_flops
 from .fairseq import FAIRSEQ
@@ -26,6 +28,14 @@ def check_config(config) -> list[tuple[bool, str, str]]:
          f"audio masks frames with 'block' (the reference) or 'random', not {masking.kind!r}"),
         (config.loss.cls_weight == 0, "loss.cls_weight", "must be 0: an audio encoder has no CLS token"),
         (0 < data.min_samples <= data.max_samples, "data.min_samples", "must be in (0, data.max_samples]"),
+        (0.0 <= data.time_mask_prob < 1.0 and 0.0 <= data.channel_mask_prob < 1.0, "data.time_mask_prob",
+         "data.time_mask_prob and data.channel_mask_prob must be in [0, 1)"),
+        (data.time_mask_length >= 1 and (data.channel_mask_prob == 0 or 1 <= data.channel_mask_length <= model.embed_dim),
+         "data.time_mask_length",
+         f"data.time_mask_length must be >= 1, data.channel_mask_length in [1, model.embed_dim={model.embed_dim}]"),
+        (not (data.time_mask_prob or data.channel_mask_prob or data.letters) or bool(config.finetune.task),
+         "data.time_mask_prob", "data.time_mask_prob, data.channel_mask_prob and data.letters are fine-tuning "
+         "settings; pre-training masks with masking.*"),
     ]
 
 
@@ -43,4 +53,5 @@ AUDIO = Modality(
     read_export=None,
     add_commands=add_commands,
     fairseq=FAIRSEQ,
+    tasks={"ctc": CTC, "classification": CLASSIFICATION},
 )

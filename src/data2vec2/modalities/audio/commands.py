@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ...eval.compare import add_comparison_options, write_result
 from ...export import load_encoder_and_config
 from ...model import random_encoder
-
-
-def _encoders(args, modality) -> dict:
-    encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
-    return {"pretrained": encoder, "random": random_encoder(config.model, modality, seed=args.seed)}
 
 
 def _corpus_file(args, name: str) -> str:
@@ -28,26 +24,31 @@ def cmd_prepare(args, modality) -> None:
 
 
 def cmd_finetune_ctc(args, modality) -> None:
-    from .ctc import CTCConfig, evaluate_ctc
-    from .evaluate import load_clips
+    """`data2vec2 finetune audio-ctc-tiny --compare` on the prepared corpus (or --train / --test),
+    with the tri-stage phases (10 % / 40 % / 50 %) of --steps."""
+    from ...finetune import finetune_runs
+    from ...modalities import MODALITIES
 
-    cfg = CTCConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, freeze_steps=args.freeze_steps,
-                    seed=args.seed)
-    train = load_clips(args.train or _corpus_file(args, "ctc_train.tsv"), max_samples=cfg.max_samples)
-    tests = {Path(t).stem: load_clips(t) for t in (args.test or [_corpus_file(args, "ctc_test.tsv"),
-                                                               _corpus_file(args, "ctc_test_synth.tsv")])}
-    result = {"train_clips": len(train.waves), "config": cfg.__dict__}
-    result |= evaluate_ctc(_encoders(args, modality), train, tests, cfg, progress=not args.no_progress)
-    write_result(args.out, result)
+    tests = args.test or [_corpus_file(args, "ctc_test.tsv"), _corpus_file(args, "ctc_test_synth.tsv")]
+    overrides = [f"finetune.init={args.model}", f"data.train={args.train or _corpus_file(args, 'ctc_train.tsv')}",
+                 f"finetune.test={json.dumps(tests)}", f"train.max_steps={args.steps}",
+                 f"optim.warmup_steps={int(0.1 * args.steps)}", f"optim.hold_steps={int(0.4 * args.steps)}",
+                 f"train.batch_size={args.batch_size}", f"optim.lr={args.lr}", f"optim.min_lr={0.05 * args.lr}",
+                 f"finetune.freeze_steps={args.freeze_steps}", f"train.seed={args.seed}"]
+    run = Path(args.run_dir or f"runs/finetune-ctc/{Path(args.model).name}")
+    summary = finetune_runs("audio-ctc-tiny", overrides, run, MODALITIES, compare=True,
+                            progress=not args.no_progress)
+    write_result(args.out, {"model": str(args.model), **summary})
 
 
 def cmd_kws(args, modality) -> None:
-    from .evaluate import load_clips
     from .kws import evaluate_kws
 
-    train = load_clips(args.train or _corpus_file(args, "kws_train.tsv"))
-    test = load_clips(args.test or _corpus_file(args, "kws_test.tsv"))
-    write_result(args.out, evaluate_kws(_encoders(args, modality), train, test, seed=args.seed))
+    encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
+    encoders = {"pretrained": encoder, "random": random_encoder(config.model, modality, seed=args.seed)}
+    train = args.train or _corpus_file(args, "kws_train.tsv")
+    test = args.test or _corpus_file(args, "kws_test.tsv")
+    write_result(args.out, evaluate_kws(encoders, config, train, test, seed=args.seed))
 
 
 def add_commands(sub, prepare, modality) -> None:
@@ -60,7 +61,8 @@ def add_commands(sub, prepare, modality) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prepare, modality=modality)
 
-    p = sub.add_parser("finetune-ctc", help="audio: CTC fine-tuning on letters, pre-trained vs random init")
+    p = sub.add_parser("finetune-ctc", help="audio: CTC fine-tuning on letters, pre-trained vs random init "
+                                            "(data2vec2 finetune audio-ctc-tiny --compare)")
     p.add_argument("model", help="an export folder, a run folder or a checkpoint file")
     p.add_argument("--cache", default="cache", help="the prepared corpus (data2vec2 prepare audio)")
     p.add_argument("--train", help="TSV manifest path<TAB>samples<TAB>transcript (default: the corpus's ctc_train.tsv)")
@@ -69,6 +71,7 @@ def add_commands(sub, prepare, modality) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--freeze-steps", type=int, default=200, help="updates with the whole encoder frozen")
+    p.add_argument("--run-dir", help="the runs' folder (default runs/finetune-ctc/<model folder name>)")
     p.add_argument("--no-progress", action="store_true")
     add_comparison_options(p)
     p.set_defaults(func=cmd_finetune_ctc, modality=modality)

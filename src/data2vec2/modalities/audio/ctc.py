@@ -1,205 +1,140 @@
-"""CTC fine-tuning on letters (fairseq `Wav2VecCtc`/`Wav2VecEncoder`) and greedy decoding, scored by WER and CER.
+"""Speech recognition with CTC on letters, the fine-tuning task `finetune.task: ctc`: the reference's
+protocol (fairseq `Wav2VecCtc` / `Wav2VecEncoder` over a data2vec 2.0 encoder, criterion `ctc`,
+examples/wav2vec/config/finetuning/*.yaml) on the trainer of pre-training.
 
-    wave -> frozen CNN -> projection -> masked frames replaced by N(0, 0.01^2) noise (span masking,
-    no token dropping) + channel masking -> pos-conv -> blocks -> Linear(D, letters + blank) -> CTC
-
-The whole encoder is frozen for the first `freeze_steps` updates (only the head learns); the
-learning rate follows the tri-stage schedule (10% warmup, 40% hold, 50% exponential decay to 5%
-of the peak). Decoding is greedy (Viterbi over frames without a language model): the argmax
-letter per frame, repeats merged, blanks removed.
+    data      TSV manifests of path <TAB> samples <TAB> transcript (labelled.py), bucketed by length
+    letters   data.letters, or every character of the training transcripts (sorted), after the
+              CTC blank (index 0); a transcript with a character outside them is an error
+    model     wave -> CNN (never trained: feature_grad_mult 0) -> projection -> time and channel masks
+              (training) -> position convolution -> blocks (layerdrop model.layerdrop) ->
+              Linear(D, letters + 1); the whole encoder frozen for the first finetune.freeze_steps
+    loss      CTC (zero_infinity), summed over the clips and divided by their number (sentence_avg)
+    decoding  greedy (the reference's Viterbi without a language model): the best letter per frame,
+              repeats merged, blanks removed, runs of spaces closed up
+    metrics   word and character error rates over the split (torchmetrics); the best checkpoint by WER
 """
 
 from __future__ import annotations
-
-import copy
-import math
-import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from ...nn.blocks import Attention, Mlp
-from .evaluate import LabelledClips, pad_batch
+from ...config import Config
+from ...errors import DataError
+from ...finetune import TaskObjective
+from ...model import LossOutput
+from ...modality import Task, TaskData
+from ...train.flops import blocks_forward_flops
+from .encoder import cnn_flops, pos_conv_flops
+from .labelled import ClipCollate, LabelledClips, encode_clips, freeze_cnn, open_labelled
 
-BLANK = 0
-VOCAB = ["<blank>", " ", "'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
-CHAR_TO_ID = {c: i for i, c in enumerate(VOCAB)}
-
-
-@dataclass
-class CTCConfig:
-    steps: int = 1500
-    batch_size: int = 8
-    lr: float = 5e-4
-    freeze_steps: int = 200  # whole encoder frozen (only the head trains) for these first updates
-    mask_prob: float = 0.5  # span masking of frames, replaced by noise
-    mask_length: int = 10
-    mask_channel_prob: float = 0.1
-    mask_channel_length: int = 16
-    layerdrop: float = 0.1
-    activation_dropout: float = 0.1
-    max_samples: int = 160_000  # longer training clips are skipped (10 s)
-    seed: int = 0
+BLANK = "<blank>"  # index 0
 
 
-def encode_text(text: str) -> list[int]:
-    return [CHAR_TO_ID[c] for c in text if c in CHAR_TO_ID and c != "<blank>"]
+class SpeechRecognizer(TaskObjective):
+    """The objective: forward(batch) -> the CTC loss summed over the batch's clips; predict -> the
+    greedy transcript of each clip."""
+
+    def __init__(self, encoder: nn.Module, letters: list[str], config: Config):
+        super().__init__(encoder, config)
+        freeze_cnn(encoder)
+        self.letters = letters
+        self.head = nn.Linear(encoder.cfg.embed_dim, len(letters))
+        nn.init.xavier_uniform_(self.head.weight)  # fairseq's Linear
+        nn.init.zeros_(self.head.bias)
+
+    def log_probs(self, batch: dict) -> Tensor:
+        x = encode_clips(self.encoder, batch, self.encoder_context())  # (B, T, D)
+        return F.log_softmax(self.head(x).float(), dim=-1)  # (B, T, letters)
+
+    def forward(self, batch: dict) -> LossOutput:
+        log_probs = self.log_probs(batch)
+        loss_sum = F.ctc_loss(log_probs.transpose(0, 1), batch["letters"], batch["frames"], batch["letter_count"],
+                              blank=0, reduction="sum", zero_infinity=True)
+        return LossOutput(loss_sum=loss_sum, count=batch["count"])
+
+    def predict(self, batch: dict) -> list[str]:
+        best = self.log_probs(batch).argmax(-1).cpu()  # (B, T)
+        return [greedy_text(row[:int(n)].tolist(), self.letters) for row, n in zip(best, batch["frames"].cpu())]
 
 
-def greedy_decode(log_probs: Tensor, lengths: Tensor | None = None) -> list[str]:
-    """(B, T, V) scores -> strings: argmax per frame, merge repeats, drop blanks."""
-    best = log_probs.argmax(-1)  # (B, T)
-    out = []
-    for b in range(best.shape[0]):
-        ids = best[b, : int(lengths[b]) if lengths is not None else best.shape[1]].tolist()
-        chars, prev = [], None
-        for i in ids:
-            if i != prev and i != BLANK:
-                chars.append(VOCAB[i])
-            prev = i
-        out.append(" ".join("".join(chars).split()))
-    return out
+def greedy_text(ids: list[int], letters: list[str]) -> str:
+    """The best letter of each frame -> text: repeats merged, blanks dropped, spaces closed up."""
+    out, previous = [], None
+    for i in ids:
+        if i != previous and i != 0:
+            out.append(letters[i])
+        previous = i
+    return " ".join("".join(out).split())
 
 
-def span_mask(B: int, T: int, prob: float, length: int, rng: np.random.Generator,
-              frames: Tensor | None = None) -> Tensor:
-    """wav2vec-style span masking: per row, floor(prob * T / length + U(0, 1)) spans (at least 1)
-    with starts drawn without replacement from [0, T - length). (B, T) bool."""
-    mask = np.zeros((B, T), dtype=bool)
-    for b in range(B):
-        t = int(frames[b]) if frames is not None else T
-        if t <= length:
-            continue
-        n = max(1, int(prob * t / length + rng.random()))
-        starts = rng.choice(t - length, size=min(n, t - length), replace=False)
-        mask[b, (starts[:, None] + np.arange(length)[None]).ravel()] = True
-    return torch.from_numpy(mask)
+class TranscriptTargets:
+    """A batch's targets: the transcripts (scored) and their letter ids (the CTC loss's)."""
+
+    def __init__(self, letters: list[str]):
+        self.index = {c: i for i, c in enumerate(letters)}
+
+    def __call__(self, items: list[dict]) -> dict:
+        ids = [[self.index[c] for c in s["target"]] for s in items]
+        return {"target": [s["target"] for s in items],
+                "letters": torch.tensor([i for row in ids for i in row], dtype=torch.long),  # (sum of lengths,)
+                "letter_count": torch.tensor([len(row) for row in ids], dtype=torch.long)}  # (B,)
 
 
-class CTCModel(nn.Module):
-    def __init__(self, encoder, vocab_size: int = len(VOCAB)):
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.cfg.embed_dim, vocab_size)
-
-    def forward(self, wave: Tensor, padding: Tensor, frame_mask: Tensor | None = None,
-                channel_mask: Tensor | None = None) -> Tensor:
-        """Log-probabilities (B, T, V). frame_mask (B, T) / channel_mask (B, D): True = masked."""
-        enc = self.encoder
-        with torch.no_grad():  # the CNN stays frozen (feature_grad_mult 0)
-            feats = enc.local_encoder.feature_extractor(wave).transpose(1, 2)  # (B, T, C)
-        x = enc.local_encoder.project_features(feats)  # (B, T, D)
-        if frame_mask is not None:
-            noise = torch.randn_like(x) * 0.01
-            x = torch.where(frame_mask.unsqueeze(-1), noise, x)
-        if channel_mask is not None:
-            x = x.masked_fill(channel_mask.unsqueeze(1), 0.0)
-        x = x.masked_fill(padding.unsqueeze(-1), 0.0)
-        x = enc.forward_unmasked(x, padding if padding.any() else None).x
-        return F.log_softmax(self.head(x).float(), dim=-1)
-
-
-def tri_stage(step: int, total: int, floor: float = 0.05, start: float = 0.01) -> float:
-    warm, hold = int(0.1 * total), int(0.4 * total)
-    if step < warm:
-        return start + (1 - start) * step / max(1, warm)
-    if step < warm + hold:
-        return 1.0
-    decay_steps = max(1, total - warm - hold)
-    return math.exp(math.log(floor) * min(1.0, (step - warm - hold) / decay_steps))
+def task_data(config: Config, spec: str, letters: list[str] | None, train: bool) -> TaskData:
+    """The clips of the manifest `spec` and their transcripts. The letters: `letters` (those of the
+    training data), or, for the training data, data.letters or every character of its transcripts."""
+    clips = open_labelled(config, spec, train)
+    if letters is None:
+        chars = config.data.letters or "".join(sorted(set("".join(clips.labels)) - {"\t"}))
+        if len(set(chars)) != len(chars):
+            raise DataError(f"data.letters={chars!r}: a letter occurs twice")
+        letters = [BLANK] + list(chars)
+    known = set(letters[1:])
+    for text, where in zip(clips.labels, clips.where):
+        unknown = sorted(set(text) - known)
+        if unknown:
+            raise DataError(f"{where}: the transcript has {''.join(unknown)!r}, not among the letters "
+                            f"{''.join(letters[1:])!r} (those of the training transcripts, or data.letters)")
+        if not text.strip():
+            raise DataError(f"{where}: empty transcript")
+    return TaskData(dataset=LabelledClips(clips.source, clips.labels),
+                    collate=ClipCollate(config, train, TranscriptTargets(letters)), labels=list(letters),
+                    lengths=list(clips.source.lengths))
 
 
-def _batches(clips: LabelledClips, batch_size: int, rng: np.random.Generator):
-    """Endless batches of similar length (sorted, chunked, chunks shuffled)."""
-    order = np.argsort([len(w) for w in clips.waves])
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    while True:
-        for c in rng.permutation(len(chunks)):
-            yield chunks[c]
+def score(outputs: list[str], targets: list[str], letters: list[str]) -> dict[str, float]:
+    from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+    return {"wer": float(word_error_rate(outputs, targets)), "cer": float(char_error_rate(outputs, targets))}
 
 
-def finetune_ctc(encoder, train: LabelledClips, cfg: CTCConfig, progress: bool = True) -> CTCModel:
-    torch.manual_seed(cfg.seed)
-    enc = copy.deepcopy(encoder).float()
-    enc.cfg = copy.deepcopy(enc.cfg)
-    enc.cfg.layerdrop = cfg.layerdrop
-    # fine-tuning dropouts (fairseq wav2vec finetuning YAMLs): activation dropout and layerdrop only, every other one 0
-    for m in enc.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-        if isinstance(m, Attention):
-            m.attention_dropout = 0.0
-    for m in enc.modules():
-        if isinstance(m, Mlp):
-            m.dropout.p = cfg.activation_dropout
-    enc.cfg.prenet_dropout = 0.0
-    enc.local_encoder.feature_extractor.requires_grad_(False)
-    model = CTCModel(enc)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: tri_stage(s, cfg.steps))
-    rng = np.random.default_rng(cfg.seed)
-    batches = _batches(train, cfg.batch_size, rng)
-    targets = [torch.tensor(encode_text(t)) for t in train.labels]
-    model.train()
-    bar = tqdm(range(cfg.steps), desc="ctc", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        idx = next(batches)
-        wave, padding, frames = pad_batch([train.waves[i] for i in idx], enc.local_encoder.num_frames)
-        B, T = padding.shape
-        fmask = span_mask(B, T, cfg.mask_prob, cfg.mask_length, rng, frames) if cfg.mask_prob > 0 else None
-        cmask = (span_mask(B, enc.cfg.embed_dim, cfg.mask_channel_prob, cfg.mask_channel_length, rng)
-                 if cfg.mask_channel_prob > 0 else None)
-        frozen = step < cfg.freeze_steps
-        for n, p in enc.named_parameters():
-            p.requires_grad_(not frozen and not n.startswith("local_encoder.feature_extractor."))
-        lp = model(wave, padding, fmask, cmask)  # (B, T, V)
-        tgt = [targets[i] for i in idx]
-        loss = F.ctc_loss(lp.transpose(0, 1), torch.cat(tgt), frames, torch.tensor([len(t) for t in tgt]),
-                          blank=BLANK, reduction="sum", zero_infinity=True) / B
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", frozen=frozen)
-    return model.eval()
+def step_flops(config: Config, size: float) -> float:
+    """An update's FLOPs (train/flops.py's convention) at the mean clip length `size` (samples): the
+    CNN forward only (it never learns); the projection, the position convolution and the blocks
+    forward and backward; the head aside."""
+    model, B = config.model, config.train.batch_size
+    cnn, T, channels = cnn_flops(model.audio.conv_layers, B, int(size))
+    local = 2 * B * T * channels * model.embed_dim + B * pos_conv_flops(config, T)
+    return cnn + 3 * (local + blocks_forward_flops(B, T, model.embed_dim, model.mlp_ratio,
+                                                   model.depth + model.prenet_depth))
 
 
-@torch.no_grad()
-def transcribe(model: CTCModel, clips: LabelledClips, batch_size: int = 16) -> list[str]:
-    model.eval()
-    order = np.argsort([len(w) for w in clips.waves])
-    out: list[str] = [""] * len(clips.waves)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        wave, padding, frames = pad_batch([clips.waves[i] for i in idx], model.encoder.local_encoder.num_frames)
-        for i, text in zip(idx, greedy_decode(model(wave, padding), frames)):
-            out[i] = text
-    return out
+def synthetic_batch(config: Config) -> tuple[dict, list[str], float]:
+    """train.batch_size random clips of data.max_samples with 40-letter transcripts, through the
+    training collate (masks included)."""
+    L = config.data.max_samples
+    g = torch.Generator().manual_seed(0)
+    letters = [BLANK] + list(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    rng = np.random.default_rng(0)
+    items = [{"index": i, "inputs": torch.randn(L, generator=g),
+              "target": "".join(rng.choice(list("ABCDEFGHIJ "), 40)).strip() or "A"}
+             for i in range(config.train.batch_size)]
+    return ClipCollate(config, True, TranscriptTargets(letters))(items), letters, float(L)
 
 
-def score(refs: list[str], hyps: list[str]) -> dict:
-    import jiwer
-
-    return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps)), "num": len(refs)}
-
-
-def evaluate_ctc(encoders: dict, train: LabelledClips, tests: dict[str, LabelledClips], cfg: CTCConfig,
-                 progress: bool = True) -> dict:
-    """Fine-tune each encoder ({"pretrained": enc, "random": enc}) with the same recipe and seed;
-    WER/CER on each test set, plus a few example transcripts."""
-    result = {}
-    for name, encoder in encoders.items():
-        start = time.perf_counter()
-        model = finetune_ctc(encoder, train, cfg, progress)
-        r = {"finetune_s": round(time.perf_counter() - start, 1)}
-        for tname, clips in tests.items():
-            hyps = transcribe(model, clips)
-            r[tname] = score(clips.labels, hyps) | {"examples": [[clips.labels[i], hyps[i]] for i in range(3)]}
-        result[name] = r
-    return result
+CTC = Task(name="ctc", data=task_data, build=lambda encoder, config, letters: SpeechRecognizer(encoder, letters, config),
+           score=score, metric="wer", metrics=("wer", "cer"), step_flops=step_flops, synthetic_batch=synthetic_batch,
+           lower_is_better=("wer", "cer"))

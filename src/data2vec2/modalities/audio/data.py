@@ -36,10 +36,16 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 @dataclass
 class AudioDataSettings:
     """The audio keys of `data`: samples at 16 kHz; shorter files are dropped (and counted),
-    longer ones randomly cropped."""
+    longer ones randomly cropped in pre-training (left out of fine-tuning's training data)."""
 
     min_samples: int = 32_000
     max_samples: int = 320_000
+    # fine-tuning (labelled.py): spans of time frames replaced by noise, spans of channels zeroed
+    time_mask_prob: float = 0.0
+    time_mask_length: int = 10
+    channel_mask_prob: float = 0.0
+    channel_mask_length: int = 64
+    letters: str = ""  # speech recognition: the CTC letters, in order; "": those of the training transcripts
 
 
 def _reason(e: Exception) -> str:
@@ -91,6 +97,7 @@ class AudioSource:
     texts: list[str] | None = None
     dropped_short: int = 0
     dropped_bad: int = 0
+    where: list[str] | None = None  # each file's place for messages: manifest:line (or the path)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -103,20 +110,21 @@ def list_audio_files(root: Path) -> list[Path]:
     return files
 
 
-def read_manifest(path: Path) -> tuple[list[str], list[int | None], list[str] | None]:
-    """Paths (resolved against the root line, or the manifest's folder), sizes where given, and
-    the third column as text where every line has one."""
-    lines = [ln.rstrip("\n") for ln in path.read_text().splitlines() if ln.strip()]
+def read_manifest(path: Path) -> tuple[list[str], list[int | None], list[str] | None, list[str]]:
+    """Paths (resolved against the root line, or the manifest's folder), sizes where given, the
+    third column as text where every line has one, and each entry's manifest:line."""
+    lines = [(n, ln.rstrip("\n")) for n, ln in enumerate(path.read_text().splitlines(), start=1) if ln.strip()]
     root = path.parent
-    if lines and "\t" not in lines[0] and Path(lines[0]).is_dir():
-        root, lines = Path(lines[0]), lines[1:]
-    paths, sizes, texts = [], [], []
-    for ln in lines:
+    if lines and "\t" not in lines[0][1] and Path(lines[0][1]).is_dir():
+        root, lines = Path(lines[0][1]), lines[1:]
+    paths, sizes, texts, where = [], [], [], []
+    for n, ln in lines:
         cols = ln.split("\t")
         paths.append(str(root / cols[0]))
         sizes.append(int(cols[1]) if len(cols) > 1 and cols[1].strip().isdigit() else None)
         texts.append(cols[2] if len(cols) > 2 else None)
-    return paths, sizes, (texts if texts and all(t is not None for t in texts) else None)
+        where.append(f"{path}:{n}")
+    return paths, sizes, (texts if texts and all(t is not None for t in texts) else None), where
 
 
 def open_audio_source(spec: str, *, min_samples: int = 1, on_bad_file: str = "skip") -> AudioSource:
@@ -127,12 +135,13 @@ def open_audio_source(spec: str, *, min_samples: int = 1, on_bad_file: str = "sk
         raise DataError(f"audio source {p} does not exist (expected a folder of audio files or a .tsv manifest)")
     if p.is_dir():
         paths, sizes, texts = [str(f) for f in list_audio_files(p)], None, None
+        where = paths
     else:
-        paths, sizes, texts = read_manifest(p)
-    keep_paths, keep_lengths, keep_texts, short, bad = [], [], [], 0, 0
+        paths, sizes, texts, where = read_manifest(p)
+    keep_paths, keep_lengths, keep_texts, keep_where, short, bad = [], [], [], [], 0, 0
     for i, path in enumerate(paths):
         if not os.path.exists(path):
-            raise DataError(f"{spec}: audio file {path} does not exist")
+            raise DataError(f"{where[i]}: audio file {path} does not exist")
         try:
             n = sizes[i] if sizes and sizes[i] is not None else num_samples_16k(path)
         except DataError:
@@ -145,11 +154,12 @@ def open_audio_source(spec: str, *, min_samples: int = 1, on_bad_file: str = "sk
             continue
         keep_paths.append(path)
         keep_lengths.append(n)
+        keep_where.append(where[i])
         if texts is not None:
             keep_texts.append(texts[i])
     if not keep_paths:
         raise DataError(f"{spec}: no usable audio ({short} shorter than {min_samples} samples, {bad} unreadable)")
-    return AudioSource(keep_paths, keep_lengths, keep_texts if texts is not None else None, short, bad)
+    return AudioSource(keep_paths, keep_lengths, keep_texts if texts is not None else None, short, bad, keep_where)
 
 
 def random_crop(wave: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -193,22 +193,33 @@ def build_decoder(config) -> Decoder1d:
     return decoder
 
 
+def cnn_flops(conv_layers, batch: int, num_samples: int) -> tuple[float, int, int]:
+    """The CNN's forward FLOPs on `batch` clips of `num_samples` samples, its frames and channels out."""
+    flops, length, c_in = 0.0, num_samples, 1
+    for ch, k, s in conv_layers:
+        length = (length - k) // s + 1
+        flops += 2 * batch * length * c_in * ch * k
+        c_in = ch
+    return flops, length, c_in
+
+
+def pos_conv_flops(config, frames: int) -> float:
+    """The position convolution's forward FLOPs on one row of `frames` frames."""
+    settings, D = config.model.audio, config.model.embed_dim
+    k_pos = max(3, settings.conv_pos_width // settings.conv_pos_depth)
+    return settings.conv_pos_depth * 2 * frames * D * (D // settings.conv_pos_groups) * k_pos
+
+
 def step_flops(config, batch: int, num_samples: int) -> float:
     """FLOPs of one update on `batch` utterances of `num_samples` samples (see train/flops.py for
     what is counted): the CNN and projection once per sample, the pos-conv on B*M full-length
     clones, the blocks on the kept frames (student) and on all frames (teacher), the 1-D decoder."""
     model, decoder, settings = config.model, config.decoder, config.model.audio
     M, D = config.masking.num_masks, model.embed_dim
-    cnn, length, c_in = 0.0, num_samples, 1
-    for ch, k, s in settings.conv_layers:
-        length = (length - k) // s + 1
-        cnn += 2 * batch * length * c_in * ch * k
-        c_in = ch
-    T = length  # = num_frames(settings.conv_layers, num_samples)
+    cnn, T, c_in = cnn_flops(settings.conv_layers, batch, num_samples)  # T = num_frames(..., num_samples)
     keep = T - num_masked(config.masking.kind, T, config.masking.mask_prob)
     local = cnn + 2 * batch * T * c_in * D
-    k_pos = max(3, settings.conv_pos_width // settings.conv_pos_depth)
-    pos = settings.conv_pos_depth * 2 * T * D * (D // settings.conv_pos_groups) * k_pos  # per row
+    pos = pos_conv_flops(config, T)  # per row
     layers = model.depth + model.prenet_depth
     student = local + batch * M * pos + blocks_forward_flops(batch * M, keep, D, model.mlp_ratio, layers)
     teacher = batch * pos + blocks_forward_flops(batch, T, D, model.mlp_ratio, layers)

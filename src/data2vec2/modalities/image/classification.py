@@ -30,29 +30,28 @@ from ...config import Config
 from ...data.collate import Collate, Stream, sample_rng
 from ...encoder import Encoder
 from ...errors import DataError
-from ...finetune import layer_scales
+from ...finetune import TaskObjective
 from ...train.flops import blocks_forward_flops
 from ...model import LossOutput
 from ...modality import Task, TaskData
 from .data import ImageSource, Subset, open_source, random_resized_crop, resize_center_crop
 
 
-class ImageClassifier(nn.Module):
+class ImageClassifier(TaskObjective):
     """The objective: forward(batch) -> the loss summed over the batch's images; predict -> logits."""
 
     def __init__(self, encoder: Encoder, num_classes: int, config: Config):
-        super().__init__()
+        super().__init__(encoder, config)
         D = encoder.cfg.embed_dim
-        self.encoder = encoder
         self.fc_norm = nn.LayerNorm(D, eps=1e-6)
         self.head = nn.Linear(D, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.label_smoothing = config.finetune.label_smoothing
-        self.layer_decay = config.finetune.layer_decay
 
     def logits(self, images: Tensor) -> Tensor:
-        x = self.encoder(images).x[:, self.encoder.num_extra_tokens:]  # (B, T, D), patch tokens only
+        with self.encoder_context():
+            x = self.encoder(images).x[:, self.encoder.num_extra_tokens:]  # (B, T, D), patch tokens only
         return self.head(self.fc_norm(x.mean(dim=1)))  # (B, classes)
 
     def forward(self, batch: dict) -> LossOutput:
@@ -66,19 +65,6 @@ class ImageClassifier(nn.Module):
 
     def predict(self, batch: dict) -> list[Tensor]:
         return list(self.logits(batch["inputs"]).float().cpu())
-
-    @property
-    def trained(self) -> nn.Module:
-        return self
-
-    def parts(self) -> dict[str, nn.Module]:
-        return {"model": self}
-
-    def after_update(self, update: int) -> dict[str, float]:
-        return {}
-
-    def lr_scales(self) -> dict[str, float]:
-        return layer_scales(self, self.layer_decay)
 
 
 def mix(images: Tensor, targets: Tensor, mixup: float, cutmix: float, mix_prob: float,
@@ -243,7 +229,7 @@ def score(outputs: list[Tensor], targets: list, labels: list[str]) -> dict[str, 
     return result
 
 
-def step_flops(config: Config) -> float:
+def step_flops(config: Config, size: float = 0.0) -> float:
     """An update's FLOPs (train/flops.py's convention): the patch embedding and the blocks on whole
     images (CLS included), forward and backward; the head aside."""
     model, settings = config.model, config.model.image
@@ -253,7 +239,7 @@ def step_flops(config: Config) -> float:
     return 3 * (patch + blocks_forward_flops(B, 1 + T, D, model.mlp_ratio, model.depth + model.prenet_depth))
 
 
-def synthetic_batch(config: Config) -> tuple[dict, list[str]]:
+def synthetic_batch(config: Config) -> tuple[dict, list[str], float]:
     """train.batch_size random images of the config's size and 10 classes through the training
     collate (mixing included), for speed measurements."""
     settings = config.model.image
@@ -261,9 +247,9 @@ def synthetic_batch(config: Config) -> tuple[dict, list[str]]:
     items = [{"index": i, "inputs": torch.randn(settings.in_channels, settings.image_size, settings.image_size,
                                                   generator=g), "target": i % 10} for i in range(config.train.batch_size)]
     labels = [str(k) for k in range(10)]
-    return ClassificationCollate(config, len(labels), train=True)(items), labels
+    return ClassificationCollate(config, len(labels), train=True)(items), labels, 0.0
 
 
 CLASSIFICATION = Task(name="classification", data=task_data, build=lambda encoder, config, labels: ImageClassifier(
-    encoder, len(labels), config), score=score, metric="accuracy", step_flops=step_flops,
-    synthetic_batch=synthetic_batch)
+    encoder, len(labels), config), score=score, metric="accuracy", metrics=("accuracy", "top5"),
+    step_flops=step_flops, synthetic_batch=synthetic_batch)

@@ -1,9 +1,11 @@
 """Text: byte-level BPE tokens, RoBERTa-layout embeddings, random (or span) masking that never
-selects padding; sentence classification and the `transformers` export; an offline English corpus."""
+selects padding; sentence(-pair) classification and regression (GLUE); the `transformers` export; an
+offline English corpus."""
 
 from __future__ import annotations
 
 from ...modality import Modality
+from .classification import CLASSIFICATION, REGRESSION
 from .commands import add_commands
 from .data import TextDataSettings, pretraining_data, synthetic_batch
 from .encoder import TextLocalEncoder, TextSettings, build_decoder, step_flops
@@ -22,6 +24,7 @@ def check_config(config) -> list[tuple[bool, str, str]]:
          f"text masks random tokens or spans (block) of non-padding tokens, not {config.masking.kind!r}"),
         (config.loss.cls_weight == 0, "loss.cls_weight", "must be 0: the text encoder has no extra CLS token"),
         (config.data.documents in ("paragraph", "file"), "data.documents", "must be paragraph or file"),
+        (len(config.data.text_columns) in (0, 1, 2), "data.text_columns", "names one text column or a pair"),
     ]
 
 
@@ -39,4 +42,5 @@ TEXT = Modality(
     read_export=read_text_hf,
     add_commands=add_commands,
     fairseq=FAIRSEQ,
+    tasks={"classification": CLASSIFICATION, "regression": REGRESSION},
 )

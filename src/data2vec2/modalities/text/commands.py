@@ -38,57 +38,64 @@ def cmd_tokenizer(args, modality) -> None:
           f"file(s) -> {out} (use it with data.tokenizer={out})")
 
 
-def rotten_tomatoes_files(cache: Path) -> tuple[str, str, str]:
-    """The train, dev and test TSVs that `data2vec2 prepare text` writes."""
-    folder = cache / "text" / "rotten_tomatoes"
-    train, dev, test = (str(folder / f"{split}.tsv") for split in ("train", "dev", "test"))
-    if not Path(train).exists():
-        raise Data2Vec2Error(f"{train} not found: run 'data2vec2 prepare text --cache {cache}'")
-    return train, dev, test
-
-
-def task_files(args, config) -> tuple[str, str, str | None]:
-    """The train, dev and (optional) test TSVs of --task rotten-tomatoes or of --train/--dev/--test."""
+def task_splits(args) -> tuple[str, str, str | None]:
+    """The train, dev and (optional) test splits: rotten-tomatoes:<split>, or --train/--dev/--test."""
     if args.task == "rotten-tomatoes":
-        return rotten_tomatoes_files(Path(args.cache or config.data.cache_dir))
+        return "rotten-tomatoes:train", "rotten-tomatoes:dev", "rotten-tomatoes:test"
     if not (args.train and args.dev):
         raise Data2Vec2Error("give --task rotten-tomatoes, or --train and --dev TSV files (GLUE format)")
     return args.train, args.dev, args.test
 
 
-def cmd_finetune_text(args, modality) -> None:
-    from .finetune import Recipe, finetune_seeds
+def task_overrides(args, config) -> list[str]:
+    """The data keys of the task's splits and columns."""
+    train, dev, test = task_splits(args)
+    cache = args.cache or config.data.cache_dir
+    columns = args.text_columns.split(",") if args.text_columns else []
+    return [f"data.train={train}", f"finetune.valid={dev}", f"finetune.test={json.dumps([test] if test else [])}",
+            f"data.cache_dir={cache}", f"data.text_columns={json.dumps(columns)}",
+            f"data.label_column={json.dumps(args.label_column or '')}"]
 
-    encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
-    train, dev, test = task_files(args, config)
-    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length, threads=args.threads)
-    columns = tuple(args.text_columns.split(",")) if args.text_columns else None
-    random_init = None if args.no_baseline else (lambda seed: random_encoder(config.model, modality, seed=seed))
-    result = finetune_seeds(encoder.train(), config, train, dev, test, lrs=args.lrs, seeds=args.seeds,
-                            random_init=random_init, text_columns=columns, label_column=args.label_column,
-                            recipe=recipe, progress=not args.no_progress)
-    result["model"] = str(args.model)
-    write_result(args.out, result)
-    split = "test" if test else "dev"
-    for name in ("pretrained", "random_init")[:1 if args.no_baseline else 2]:
-        r = result[name]
-        print(f"{name}: lr {r['chosen_lr']:g} (chosen on dev from {' '.join(f'{lr:g}' for lr in args.lrs)}), "
-              f"{split} {r[f'{split}_mean']:.2%} +- {r[f'{split}_std']:.2%} "
-              f"over seeds {' '.join(map(str, args.seeds))}")
+
+def cmd_finetune_text(args, modality) -> None:
+    """`data2vec2 finetune text-cls-tiny` with --epochs over the training split, and the task
+    (classification or regression) read from its labels."""
+    import math
+
+    from ...finetune import finetune_runs, load_finetune_config
+    from ...modalities import MODALITIES
+    from .classification import CLASSIFICATION, is_regression
+
+    base = ["finetune.init=" + str(args.model)]
+    config = load_finetune_config("text-cls-tiny", base + task_overrides(args, load_encoder_and_config(
+        args.model, {modality.name: modality})[1]), MODALITIES)
+    regression = is_regression(config, config.data.train)
+    per_epoch = math.ceil(len(CLASSIFICATION.data(config, config.data.train, None, False).dataset) / args.batch_size)
+    steps = per_epoch * args.epochs
+    overrides = base + task_overrides(args, config) + [
+        f"finetune.task={'regression' if regression else 'classification'}", f"train.batch_size={args.batch_size}",
+        f"train.max_steps={steps}", f"optim.warmup_steps={max(1, round(0.06 * steps))}",
+        f"finetune.eval_every={per_epoch}", f"train.checkpoint_every={per_epoch}", f"train.threads={args.threads}"]
+    run = Path(args.run_dir or f"runs/finetune-text/{Path(args.model).name}")
+    summary = finetune_runs("text-cls-tiny", overrides, run, MODALITIES, compare=not args.no_baseline,
+                            seeds=args.seeds, lrs=args.lrs, progress=not args.no_progress)
+    summary["model"] = str(args.model)
+    write_result(args.out, summary)
 
 
 def cmd_probe_text(args, modality) -> None:
     from .probe import probe_task
 
     encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
-    train, dev, test = task_files(args, config)
-    columns = tuple(args.text_columns.split(",")) if args.text_columns else None
+    train, dev, test = task_splits(args)
+    config.data.cache_dir = args.cache or config.data.cache_dir
+    config.data.text_columns = tuple(args.text_columns.split(",")) if args.text_columns else ()
+    config.data.label_column = args.label_column or ""
     encoders = {"pretrained": encoder}
     if not args.no_baseline:
         encoders["random_init"] = random_encoder(config.model, modality, seed=args.seed)
     result = {"model": str(args.model), "task": {"train": train, "dev": dev, "test": test}}
-    result.update(probe_task(encoders, config, train, dev, test, text_columns=columns,
-                             label_column=args.label_column, seed=args.seed))
+    result.update(probe_task(encoders, config, train, dev, test, seed=args.seed))
     write_result(args.out, result)
     line = ", ".join(f"{name} {result[name].get('test', result[name]['dev']):.1%}" for name in encoders)
     print(f"probe on {result['features']} (chosen on dev): {line} ({'test' if test else 'dev'})")
@@ -108,6 +115,7 @@ def add_task_options(p, seeds: bool = False) -> None:
         p.add_argument("--seeds", nargs="+", type=int, default=[0],
                        help="fine-tune once per seed (seed s also draws the random init); mean and spread reported")
         p.add_argument("--out", help="also write the JSON result here")
+        p.add_argument("--run-dir", help="the runs' folder (default runs/finetune-text/<model folder name>)")
     else:
         add_comparison_options(p)
 
@@ -129,14 +137,14 @@ def add_commands(sub, prepare, modality) -> None:
     p.add_argument("--cache", default="cache")
     p.set_defaults(func=cmd_tokenizer, modality=modality)
 
-    p = sub.add_parser("finetune-text", help="sentence(-pair) classification: pre-trained vs random init")
+    p = sub.add_parser("finetune-text", help="sentence(-pair) classification or regression: pre-trained vs random "
+                                             "init (data2vec2 finetune text-cls-tiny, per epoch)")
     add_task_options(p, seeds=True)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lrs", nargs="+", type=float, default=[1e-4],
+    p.add_argument("--lrs", nargs="+", type=float, default=[3e-4],
                    help="learning rates; with several, each encoder's is chosen on dev (mean over the seeds)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (train.threads; 0: the free cores)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_finetune_text, modality=modality)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from .finetune import read_tsv
+from .classification import read_tsv
 
 LINUX_DOC = Path("/usr/share/doc/linux-doc-6.1")
 PYTHON_DOC = Path("usr/share/doc/python3.11/html/_sources")  # inside an extracted python3.11-doc

@@ -38,6 +38,10 @@ class TextDataSettings:
 
     tokenizer: str = ""  # a byte-level BPE tokenizer file (tokenizer.json); "": train one on data.train
     documents: str = "paragraph"  # a document is a blank-line-separated paragraph | a whole file
+    # fine-tuning (text/classification.py): the TSV columns of the text(s) and of the label;
+    # (), "": the GLUE names
+    text_columns: tuple[str, ...] = ()
+    label_column: str = ""
 PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
 
 

@@ -13,14 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from ...config import Config
-from ...errors import DataError
 from ...eval.probe import linear_probe
-from .data import load_tokenizer
-from .finetune import class_index, encode, pad_batch, read_tsv
+from .classification import CLASSIFICATION, pad_batch
 
 
 @torch.no_grad()
-def block_features(encoder: nn.Module, ids: list[list[int]], batch_size: int = 256) -> Tensor:
+def block_features(encoder: nn.Module, ids: list, batch_size: int = 256) -> Tensor:
     """(L, N, D): the output of each of the L blocks for N token sequences, mean-pooled over each
     sequence's tokens; batched by length."""
     encoder.eval()
@@ -60,25 +58,19 @@ def candidates(features: Tensor) -> dict[str, Tensor]:
     return out
 
 
-def probe_task(encoders: dict[str, nn.Module], config: Config, train_tsv: str, dev_tsv: str,
-               test_tsv: str | None = None, *, text_columns: tuple[str, ...] | None = None,
-               label_column: str | None = None, seed: int = 0) -> dict:
+def probe_task(encoders: dict[str, nn.Module], config: Config, train: str, dev: str, test: str | None = None, *,
+               seed: int = 0) -> dict:
     """Each encoder's probe accuracy with every candidate's features on dev, the candidate with the
-    best mean dev accuracy over the encoders, and (with a test TSV) each encoder's test accuracy
-    with it."""
-    if not config.data.tokenizer:
-        raise DataError("the model has no tokenizer (config data.tokenizer)")
-    tokenizer = load_tokenizer(config.data.tokenizer)
-    train = read_tsv(train_tsv, text_columns, label_column)
-    tasks = {name: read_tsv(path, train.columns, train.label_column)
-             for name, path in (("dev", dev_tsv), ("test", test_tsv)) if path}
-    index = class_index(train, tasks)
-    max_length = config.model.text.max_positions
-    ids = {"train": encode(tokenizer, train.texts, max_length)}
-    ids.update({name: encode(tokenizer, task.texts, max_length) for name, task in tasks.items()})
-    labels = {name: torch.tensor([index[label] for label in task.labels])
-              for name, task in {"train": train, **tasks}.items()}
-    result: dict = {"classes": len(index), "num_train": len(train.labels), "dev_by_features": {}}
+    best mean dev accuracy over the encoders, and (with a test split) each encoder's test accuracy
+    with it. The splits (TSV files or rotten-tomatoes:<split>) are read and tokenised by the
+    classification task (text/classification.py; its columns: data.text_columns, data.label_column)."""
+    fit = CLASSIFICATION.data(config, train, None, False)
+    splits = {"train": fit}
+    splits.update({name: CLASSIFICATION.data(config, spec, fit.labels, False)
+                   for name, spec in (("dev", dev), ("test", test)) if spec})
+    ids = {name: data.dataset.ids for name, data in splits.items()}
+    labels = {name: torch.as_tensor(data.dataset.targets) for name, data in splits.items()}
+    result: dict = {"classes": len(fit.labels), "num_train": len(ids["train"]), "dev_by_features": {}}
     features = {}
     for name, encoder in encoders.items():
         features[name] = {split: candidates(block_features(encoder, x)) for split, x in ids.items()}
@@ -92,7 +84,7 @@ def probe_task(encoders: dict[str, nn.Module], config: Config, train_tsv: str, d
     result["features"] = chosen
     for name in encoders:
         result[name] = {"dev": result["dev_by_features"][name][chosen]}
-        if "test" in tasks:
+        if "test" in splits:
             result[name]["test"] = linear_probe(features[name]["train"][chosen], labels["train"],
                                                 features[name]["test"][chosen], labels["test"],
                                                 seed=seed).test_accuracy
