@@ -415,6 +415,29 @@ def test_seeds_and_learning_rates_choose_each_inits_lr_on_validation(text_init, 
     assert config.train.seed == 4 and config.optim.lr == 3e-3 and config.finetune.random_init
 
 
+def test_the_speech_and_text_commands_run_the_tasks(audio_init, text_init, labelled_audio, glue_tsv, tmp_path, capsys):
+    """finetune-ctc and finetune-text: the task's job on both inits, their summary as before."""
+    from data2vec2.cli import main
+
+    assert main(["finetune-ctc", str(audio_init), "--train", str(labelled_audio["ctc"]), "--test",
+                 str(labelled_audio["ctc"]), "--steps", "2", "--batch-size", "4", "--freeze-steps", "1",
+                 "--run-dir", str(tmp_path / "ctc"), "--no-progress", "--out", str(tmp_path / "ctc.json")]) == 0
+    ctc = json.loads((tmp_path / "ctc.json").read_text())
+    assert ctc["metric"] == "wer" and not ctc["higher_is_better"] and ctc["model"] == str(audio_init)
+    assert set(ctc["pretrained"][str(labelled_audio["ctc"])]) == {"wer", "cer"}
+    config = data2vec2.load_config(str(tmp_path / "ctc" / "random_init" / "config.yaml"))
+    assert (config.train.max_steps, config.finetune.freeze_steps, config.train.batch_size) == (2, 1, 4)
+    assert main(["finetune-text", str(text_init), "--train", str(glue_tsv), "--dev", str(glue_tsv), "--epochs", "1",
+                 "--batch-size", "16", "--seeds", "0", "1", "--run-dir", str(tmp_path / "text"), "--no-progress",
+                 "--out", str(tmp_path / "text.json")]) == 0
+    text = json.loads((tmp_path / "text.json").read_text())
+    assert text["seeds"] == [0, 1] and len(text["random_init"]["valid_runs"]) == 2
+    config = data2vec2.load_config(str(tmp_path / "text" / "pretrained" / "seed1" / "config.yaml"))
+    n = len(glue_tsv.read_text().splitlines()) - 1
+    assert config.train.max_steps == -(-n // 16) and config.finetune.task == "classification"
+    capsys.readouterr()
+
+
 def test_benchmark_times_a_finetuning_update(task, tmp_path):
     """`data2vec2 benchmark` of a fine-tuning preset times the task's update (the init's architecture)."""
     preset, overrides = task

@@ -76,9 +76,12 @@ def cmd_finetune_text(args, modality) -> None:
         f"finetune.task={'regression' if regression else 'classification'}", f"train.batch_size={args.batch_size}",
         f"train.max_steps={steps}", f"optim.warmup_steps={max(1, round(0.06 * steps))}",
         f"finetune.eval_every={per_epoch}", f"train.checkpoint_every={per_epoch}", f"train.threads={args.threads}"]
+    if len(args.lrs) == 1:  # one learning rate: nothing to choose
+        overrides.append(f"optim.lr={args.lrs[0]}")
     run = Path(args.run_dir or f"runs/finetune-text/{Path(args.model).name}")
     summary = finetune_runs("text-cls-tiny", overrides, run, MODALITIES, compare=not args.no_baseline,
-                            seeds=args.seeds, lrs=args.lrs, progress=not args.no_progress)
+                            seeds=args.seeds, lrs=args.lrs if len(args.lrs) > 1 else None,
+                            progress=not args.no_progress)
     summary["model"] = str(args.model)
     write_result(args.out, summary)
 
