@@ -467,3 +467,51 @@ def test_a_sharded_finetuning_resumes_and_scores_its_best_checkpoint(task, tmp_p
     assert {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()} >= {"last", "best.json",
                                                                               f"step_{best['step']:09d}"}
     assert result["results"]["scores"]["valid"] == pytest.approx(best["scores"], abs=1e-6)
+
+
+
+def test_predict_scores_a_labelled_split_as_the_finetuning_did(task, request, tmp_path, capsys):
+    """fine-tune -> export -> predict: the export's predictions on a labelled split score what the
+    run's results.json says of that split; the run folder and the export predict alike, in the
+    Python API too; a fine-tuned export is refused by the encoder loader and an encoder by predict."""
+    from data2vec2.cli import main
+    from data2vec2.predict import load_model
+
+    modality, name = request.node.callspec.params["task"]
+    preset, overrides = task
+    split = next((o.split("=", 1)[1] for o in overrides if o.startswith("data.train=")), "")
+    if modality == "image":  # a small folder of class folders, its classes those of the training folder
+        split = str(write_folder(tmp_path / "images", {"a": 12, "b": 12}))
+        overrides = overrides + IMAGE_FOLDER + [f"data.train={split}", "finetune.valid_size=8"]
+    results = run(preset, overrides + [f"finetune.test={json.dumps([split])}"], tmp_path / "run")["results"]
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0
+    out = tmp_path / "predictions.jsonl"
+    assert main(["predict", str(tmp_path / "export"), split, "--out", str(out), "--no-progress"]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(load_model(tmp_path / "export", MODALITIES).task.inputs(
+        load_model(tmp_path / "export", MODALITIES).config, [split], results["labels"])[1])
+    printed = capsys.readouterr().err
+    expected = results["scores"][split]
+    for metric, value in expected.items():  # the same numbers, printed with 4 decimals
+        assert f"{metric} {value:.4f}" in printed, (metric, printed)
+    field = {"ctc": "transcript", "regression": "score"}.get(name, "label")
+    assert all(field in line and line["input"] for line in lines)
+    model, from_run = load_model(tmp_path / "export", MODALITIES), load_model(tmp_path / "run", MODALITIES)
+    inputs = [lines[0]["input"].rsplit(":", 1)[0]] if modality == "text" else [lines[0]["input"], lines[1]["input"]]
+    assert model.predict(inputs) == from_run.predict(inputs)
+    with pytest.raises(DataError, match="a fine-tuned model .*not an exported encoder"):
+        data2vec2.load_encoder(tmp_path / "export")
+    init = next(o.split("=", 1)[1] for o in overrides if o.startswith("finetune.init="))
+    with pytest.raises(DataError, match="not a fine-tuned model|a pre-training checkpoint"):
+        load_model(init, MODALITIES)
+    if modality == "image":  # unlabelled files, one unreadable: stop naming it, or skip and count it
+        (tmp_path / "broken.png").write_bytes(b"not a png")
+        files = [lines[0]["input"], lines[1]["input"], str(tmp_path / "broken.png")]
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / "export"), *files, "--no-progress", "--out", str(out)]) == 2
+        assert "broken.png" in capsys.readouterr().err
+        assert main(["predict", str(tmp_path / "export"), *files, "--on-bad-file", "skip", "--no-progress",
+                     "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert "skipped: " in err and "predicted 2, skipped 1" in err and "accuracy" not in err
+        assert [json.loads(line)["input"] for line in out.read_text().splitlines()] == files[:2]

@@ -37,6 +37,16 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Encoder:
     return export.load_encoder_and_config(path, MODALITIES)[0].to(device)
 
 
+def load_model(path: str | Path, device: str = "cpu"):
+    """The fine-tuned model (encoder and head, labels, preprocessing) of an export of a fine-tuning
+    run, a fine-tuning run folder (its best checkpoint) or checkpoint: `.predict(items)`, `.embed`."""
+    from .predict import load_model as load
+
+    model = load(path, MODALITIES)
+    model.objective.to(device)
+    return model
+
+
 def load_encoder_and_config(path: str | Path) -> tuple[Encoder, Config]:
     """(encoder, config) of an export folder, a run folder or a checkpoint file."""
     return export.load_encoder_and_config(path, MODALITIES)

@@ -78,7 +78,15 @@ def cmd_export(args) -> None:
     from . import load_encoder_and_config
     from .export import check_out
     from .modalities import MODALITIES
+    from .predict import export_run, is_finetuned
 
+    if is_finetuned(args.run):
+        if args.format != "native":
+            raise ConfigError("--format onnx exports encoders only so far; a fine-tuned model exports natively")
+        out = export_run(Path(args.run), Path(args.out), args.overwrite, MODALITIES)
+        print(f"exported the fine-tuned model to {out} (data2vec2 predict {out} INPUTS..., or "
+              f"data2vec2.load_model('{out}'))")
+        return
     check_out(Path(args.out), args.overwrite, folder=True)
     encoder, config = load_encoder_and_config(args.run)
     record = MODALITIES[config.model.modality]
@@ -91,6 +99,22 @@ def cmd_export(args) -> None:
         return
     out = record.export(encoder, config, Path(args.out))
     print(f"exported the {config.model.modality} encoder to {out} (load it with data2vec2.load_encoder('{out}'))")
+
+
+def cmd_predict(args) -> None:
+    from .modalities import MODALITIES
+    from .predict import load_model, predict
+
+    model = load_model(args.model, MODALITIES)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    summary = predict(model, args.inputs, out, batch_size=args.batch_size, top=args.top, on_bad_file=args.on_bad_file,
+                      progress=not args.no_progress, device=args.device, precision=args.precision,
+                      workers=args.workers)
+    scores = "; " + ", ".join(f"{k} {v:.4f}" for k, v in summary["scores"].items()) if "scores" in summary else ""
+    print(f"[data2vec2] predicted {summary['predicted']}, skipped {summary['skipped']} in {summary['seconds']:.1f} s "
+          f"({summary['per_second']} per second){scores}" + (f" -> {out}" if out else ""), file=sys.stderr)
 
 
 def cmd_import_fairseq(args) -> None:
@@ -190,6 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("predict", help="predict with a fine-tuned model: labels, transcripts or scores, one JSON "
+                                       "line per input; labelled inputs are also scored")
+    p.add_argument("model", help="a fine-tuned export (data2vec2 export of a fine-tuning run), run folder or checkpoint")
+    p.add_argument("inputs", nargs="+", help="files, folders (recursive), .txt lists of paths, a manifest (audio) "
+                                             "or a TSV / text file (text); a labelled set is scored")
+    p.add_argument("--out", help="the JSON-lines file to write (default: standard output)")
+    p.add_argument("--batch-size", type=int, help="default: the fine-tuning's train.batch_size")
+    p.add_argument("--top", type=int, default=5, help="classifiers: the most likely labels listed")
+    p.add_argument("--on-bad-file", choices=("stop", "skip"), default="stop")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (decoding)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write the encoder for use without the training code "
                                       "(text: a transformers model)")

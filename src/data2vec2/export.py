@@ -130,6 +130,9 @@ def _load_export(folder: Path, modalities: Mapping[str, "Modality"]) -> tuple[En
         if not f.exists():
             raise DataError(f"{f} not found: expected an exported encoder folder (data2vec2 export)")
     meta = _read_json(cfg_file)
+    if meta.get("format") == "data2vec2-finetuned":
+        raise DataError(f"{folder}: a fine-tuned model (encoder and head), not an exported encoder; use it with "
+                        f"data2vec2 predict or data2vec2.load_model")
     info = meta["data2vec2"] if isinstance(meta.get("data2vec2"), dict) else meta  # a foreign format
     if info.get("format") is None or not isinstance(info.get("model"), dict):
         raise DataError(f"{cfg_file} is not a data2vec2 export config")
@@ -158,6 +161,9 @@ def _load_checkpoint(path: Path, modalities: Mapping[str, "Modality"]) -> tuple[
         state = load_checkpoint(path)
     except TrainingError as e:  # here the checkpoint is input data
         raise DataError(str(e)) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "task" in state:
+        raise DataError(f"{path}: a fine-tuning checkpoint (encoder and head), not a pre-training one; use it with "
+                        f"data2vec2 predict or export")
     if not isinstance(state, dict) or not isinstance(state.get("student"), dict):
         raise DataError(f"{path} is not a data2vec2 training checkpoint")
     record = _modality_of(state.get("config", {}), path, modalities)

@@ -275,18 +275,17 @@ def layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(model: nn.Module, task: "Task", data: TaskData, labels: list[str], config: Config,
              device: torch.device, autocast) -> dict[str, float]:
-    """Every metric of the task on `data`, the model in eval mode. The samples (by length, where
-    lengths are known) are cut into batches of the micro-batch size the same way whatever the number
-    of processes (a padded batch's outputs depend on its company: the reference's position
-    convolution reads the padding), and the batches dealt out to the processes (padded with repeats
-    so that all run as many, which sharded models need); the outputs are gathered and scored once,
-    in the samples' order."""
+    """Every metric of the task on `data`, the model in eval mode. The samples are cut, in their
+    order, into batches of the micro-batch size the same way whatever the number of processes (a
+    padded batch's outputs depend a little on its company: the reference's position convolution
+    reads the padding; `data2vec2 predict` batches the same way), and the batches dealt out to the
+    processes (padded with repeats so that all run as many, which sharded models need); the outputs
+    are gathered and scored once, in the samples' order."""
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
         if distributed.is_distributed() else (0, 1)
     n = len(data.dataset)
-    order = sorted(range(n), key=lambda i: data.lengths[i]) if data.lengths is not None else list(range(n))
     batch_size = max(1, config.train.batch_size // (world * config.train.grad_accum))
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     rounds = -(-len(batches) // world)
     mine = [batches[(rank + world * k) % len(batches)] for k in range(rounds)]
     workers = pick_workers(config.data.num_workers)

@@ -58,6 +58,13 @@ class Task:
     # (config) -> (a training batch of train.batch_size random samples through the task's collate, the
     # labels it uses, the sample size to give step_flops): what `data2vec2 benchmark` times
     synthetic_batch: Callable[[Any], tuple[dict, list[str], float]]
+    # (config, items, labels) -> (TaskData of the items, each one's name, whether they carry labels):
+    # what `data2vec2 predict` and FinetunedModel.predict read. Items: paths (files, folders, lists,
+    # manifests, TSVs) or in-memory samples (arrays, texts); labelled ones get their true targets
+    # (scored with `score`), the others placeholders
+    inputs: Callable[..., tuple[TaskData, list[str], bool]]
+    # (one output of the objective's predict, labels, top) -> the JSON fields of its prediction
+    describe: Callable[..., dict]
     lower_is_better: tuple[str, ...] = ()  # the metrics that are better when lower (error rates)
 
 

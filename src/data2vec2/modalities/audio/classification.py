@@ -23,7 +23,9 @@ from ...finetune import TaskObjective
 from ...model import LossOutput
 from ...modality import Task, TaskData
 from .ctc import step_flops
+from ...predict import describe_classes
 from .labelled import ClipCollate, LabelledClips, encode_clips, freeze_cnn, open_labelled
+from .labelled import prediction_inputs as labelled_inputs
 
 
 class UtteranceClassifier(TaskObjective):
@@ -90,7 +92,12 @@ def synthetic_batch(config: Config) -> tuple[dict, list[str], float]:
     return ClipCollate(config, True, class_targets)(items), [str(k) for k in range(10)], float(L)
 
 
+def prediction_inputs(config: Config, items: list, labels: list[str]) -> tuple[TaskData, list[str], bool]:
+    """Clips to classify: a manifest with classes (scored), or files, folders, lists, waveforms."""
+    return labelled_inputs(config, items, labels, task_data, class_targets, 0)
+
+
 CLASSIFICATION = Task(name="classification", data=task_data,
                       build=lambda encoder, config, labels: UtteranceClassifier(encoder, len(labels), config),
                       score=score, metric="accuracy", metrics=("accuracy",), step_flops=step_flops,
-                      synthetic_batch=synthetic_batch)
+                      synthetic_batch=synthetic_batch, inputs=prediction_inputs, describe=describe_classes)

@@ -29,6 +29,7 @@ from ...modality import Task, TaskData
 from ...train.flops import blocks_forward_flops
 from .encoder import cnn_flops, pos_conv_flops
 from .labelled import ClipCollate, LabelledClips, encode_clips, freeze_cnn, open_labelled
+from .labelled import prediction_inputs as labelled_inputs
 
 BLANK = "<blank>"  # index 0
 
@@ -135,6 +136,15 @@ def synthetic_batch(config: Config) -> tuple[dict, list[str], float]:
     return ClipCollate(config, True, TranscriptTargets(letters))(items), letters, float(L)
 
 
+def prediction_inputs(config: Config, items: list, letters: list[str]) -> tuple[TaskData, list[str], bool]:
+    """Clips to transcribe: a manifest with transcripts (scored), or files, folders, lists, waveforms."""
+    return labelled_inputs(config, items, letters, task_data, TranscriptTargets(letters), "")
+
+
+def describe(transcript: str, letters: list[str], top: int) -> dict:
+    return {"transcript": transcript}
+
+
 CTC = Task(name="ctc", data=task_data, build=lambda encoder, config, letters: SpeechRecognizer(encoder, letters, config),
            score=score, metric="wer", metrics=("wer", "cer"), step_flops=step_flops, synthetic_batch=synthetic_batch,
-           lower_is_better=("wer", "cer"))
+           inputs=prediction_inputs, describe=describe, lower_is_better=("wer", "cer"))

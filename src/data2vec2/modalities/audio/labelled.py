@@ -17,6 +17,7 @@ import os
 import sys
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,6 +78,47 @@ class LabelledClips(torch.utils.data.Dataset):
         except DataError as e:
             return {"index": i, "error": str(e)}
         return {"index": i, "inputs": torch.from_numpy(wave), "target": self.targets[i]}
+
+
+class Waves(torch.utils.data.Dataset):
+    """Clips to predict: files (decoded in the DataLoader workers) or in-memory 16 kHz waveforms,
+    each with the same placeholder target; {"index", "error"} for an unreadable file."""
+
+    def __init__(self, items: list[tuple[str, object]], placeholder):
+        self.items, self.placeholder = items, placeholder
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        name, item = self.items[i]
+        try:
+            wave = load_audio(item) if isinstance(item, Path) else np.asarray(item, dtype=np.float32).reshape(-1)
+        except DataError as e:
+            return {"index": i, "error": str(e)}
+        if wave.size < 400:
+            return {"index": i, "error": f"{name}: {wave.size} samples, shorter than one frame (400 at 16 kHz)"}
+        return {"index": i, "inputs": torch.from_numpy(normalize(wave)), "target": self.placeholder}
+
+
+def prediction_inputs(config: Config, items: list, labels: list[str], task_data, targets, placeholder):
+    """Clips to predict: one labelled manifest (a third column: scored, read by `task_data`), or
+    audio files, folders (recursive), lists of paths, unlabelled manifests and waveforms."""
+    from ...modality import TaskData
+    from ...predict import expand_paths
+    from .data import list_audio_files
+
+    if len(items) == 1 and isinstance(items[0], str) and items[0].endswith(".tsv"):
+        source = open_audio_source(items[0], on_bad_file=config.data.on_bad_file)
+        if source.texts is not None:
+            data = task_data(config, items[0], labels, False)
+            return data, list(data.dataset.source.paths), True
+        found = [(p, Path(p)) for p in source.paths]
+    else:
+        found = expand_paths(items, list_audio_files, "audio")
+    return TaskData(dataset=Waves(found, placeholder), collate=ClipCollate(config, False, targets),
+                    labels=list(labels)), [name for name, _ in found], False
 
 
 def span_mask(length: int, prob: float, span: int, rng: np.random.Generator) -> np.ndarray:

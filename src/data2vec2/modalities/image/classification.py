@@ -20,6 +20,7 @@ config/vision/finetuning/mae_imagenet_clean.yaml) on the trainer of pre-training
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,17 @@ from ...finetune import TaskObjective
 from ...train.flops import blocks_forward_flops
 from ...model import LossOutput
 from ...modality import Task, TaskData
-from .data import ImageSource, Subset, open_source, random_resized_crop, resize_center_crop
+from ...predict import describe_classes, expand_paths
+from .data import (
+    ImageSource,
+    Subset,
+    convert_channels,
+    list_image_files,
+    load_image,
+    open_source,
+    random_resized_crop,
+    resize_center_crop,
+)
 
 
 class ImageClassifier(TaskObjective):
@@ -217,6 +228,51 @@ def task_data(config: Config, spec: str, labels: list[str] | None, train: bool) 
                     collate=ClassificationCollate(config, len(labels), train), labels=list(labels))
 
 
+class Items(ImageSource):
+    """Images to predict: files or in-memory uint8 arrays (H, W[, C]), each with its name."""
+
+    def __init__(self, items: list[tuple[str, object]], channels: int):
+        self.items, self.channels = items, channels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, i: int) -> np.ndarray:
+        name, item = self.items[i]
+        if isinstance(item, Path):
+            return load_image(item, self.channels)
+        array = np.asarray(item)
+        if array.dtype != np.uint8 or array.ndim not in (2, 3):
+            raise DataError(f"{name}: expected a uint8 image (H, W[, C]), got {array.dtype} {array.shape}")
+        return convert_channels(array[..., None] if array.ndim == 2 else array, self.channels)
+
+    def path(self, i: int) -> str:
+        return self.items[i][0]
+
+
+def prediction_inputs(config: Config, items: list, labels: list[str]) -> tuple[TaskData, list[str], bool]:
+    """Images to predict: one labelled set (fashion-mnist:<split>, or a folder whose sub-folders all
+    name known classes: scored), or files, folders (recursive), lists of paths and arrays."""
+    if len(items) == 1 and isinstance(items[0], str) and (items[0].startswith("fashion-mnist:")
+                                                           or _class_folders(Path(items[0]), labels)):
+        data = task_data(config, items[0], labels, False)
+        source = data.dataset.source
+        return data, [source.path(i) for i in range(len(source))], True
+    found = expand_paths(items, list_image_files, "image")
+    source = Items(found, config.data.channels)
+    dataset = ImagesWithLabels(source, np.zeros(len(found), dtype=np.int64), config, train=False)
+    return TaskData(dataset=dataset, collate=ClassificationCollate(config, len(labels), train=False),
+                    labels=list(labels)), [name for name, _ in found], False
+
+
+def _class_folders(folder: Path, labels: list[str]) -> bool:
+    """Whether `folder` holds only sub-folders, each named after a class of `labels`."""
+    if not folder.is_dir():
+        return False
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    return bool(entries) and all(e.is_dir() and e.name in labels for e in entries)
+
+
 def score(outputs: list[Tensor], targets: list, labels: list[str]) -> dict[str, float]:
     from torchmetrics.functional.classification import multiclass_accuracy
 
@@ -252,4 +308,4 @@ def synthetic_batch(config: Config) -> tuple[dict, list[str], float]:
 
 CLASSIFICATION = Task(name="classification", data=task_data, build=lambda encoder, config, labels: ImageClassifier(
     encoder, len(labels), config), score=score, metric="accuracy", metrics=("accuracy", "top5"),
-    step_flops=step_flops, synthetic_batch=synthetic_batch)
+    step_flops=step_flops, synthetic_batch=synthetic_batch, inputs=prediction_inputs, describe=describe_classes)

@@ -114,7 +114,7 @@ def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
     return array[:, :, None] if array.ndim == 2 else array  # (H, W, C)
 
 
-def _convert_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
+def convert_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
     """Grey (C=1) <-> RGB (C=3) conversion of a uint8 (H, W, C) image, like Pillow's convert."""
     c = img.shape[2]
     if channels is None or channels == c:
@@ -179,7 +179,7 @@ class ArraySource(ImageSource):
         return len(self.images)
 
     def get(self, i: int) -> np.ndarray:
-        return _convert_channels(self.images[i], self.channels)
+        return convert_channels(self.images[i], self.channels)
 
     def label(self, i: int) -> int:
         return -1 if self.labels is None else int(self.labels[i])

@@ -37,6 +37,7 @@ from ...errors import DataError
 from ...finetune import TaskObjective
 from ...model import LossOutput
 from ...modality import Task, TaskData
+from ...predict import describe_classes
 from ...train.flops import blocks_forward_flops
 from .data import load_tokenizer
 from .encoder import PAD
@@ -278,16 +279,71 @@ def synthetic_batch(config: Config, regression: bool) -> tuple[dict, list[str], 
     return SentenceCollate(config.train.seed, regression)(items), labels, float(T)
 
 
+def prediction_inputs(config: Config, items: list, labels: list[str], regression: bool
+                      ) -> tuple[TaskData, list[str], bool]:
+    """Examples to predict: a GLUE-format TSV with the training's columns (with its label column:
+    scored) or a text file of one example per line (a pair: tab-separated); in Python, the texts
+    themselves (strings, or pairs)."""
+    if items and all(isinstance(t, (str, Path)) and Path(t).is_file() for t in items):
+        if len(items) == 1 and str(items[0]).endswith(".tsv"):
+            path = Path(items[0])
+            header = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].split("\t")
+            label = config.data.label_column or next((c for c in KNOWN_LABEL_COLUMNS if c in header), "")
+            if label in header:
+                data = task_data(config, str(path), None if regression else labels, False, regression)
+                return data, [f"{path}:{n}" for n in range(2, len(data.dataset) + 2)], True
+            texts = read_tsv_texts(path, tuple(config.data.text_columns))
+            names = [f"{path}:{n}" for n in range(2, len(texts) + 2)]
+        else:
+            texts, names = [], []
+            for item in items:
+                for n, line in enumerate(Path(item).read_text(encoding="utf-8").splitlines(), start=1):
+                    if line.strip():
+                        texts.append(tuple(line.split("\t")[:2]))
+                        names.append(f"{item}:{n}")
+    else:
+        texts = [(t,) if isinstance(t, str) else tuple(t) for t in items]
+        names = [f"item[{n}]" for n in range(len(texts))]
+    if not texts or len({len(t) for t in texts}) != 1:
+        raise DataError("give examples of one kind: single sentences, or sentence pairs")
+    rows = TsvRows(texts, ["0"] * len(texts), Path("inputs"), (), "")
+    ids = tokenize(config, rows)
+    targets = np.zeros(len(ids), dtype=np.float32 if regression else np.int64)
+    return TaskData(dataset=Sentences(ids, targets), collate=SentenceCollate(config.train.seed, regression),
+                    labels=list(labels)), names, False
+
+
+def read_tsv_texts(path: Path, text_columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The text columns of a GLUE-format TSV without a label column."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    header = rows[0] if rows else []
+    columns = text_columns or next((c for c in KNOWN_TEXT_COLUMNS if all(n in header for n in c)), ())
+    if not columns or any(c not in header for c in columns):
+        raise DataError(f"{path}: no text column {list(columns) or '(GLUE names)'} in the header {header}; set "
+                        f"data.text_columns")
+    idx = [header.index(c) for c in columns]
+    return [tuple(row[i] for i in idx) for row in rows[1:] if len(row) == len(header)]
+
+
+def describe_score(value: Tensor, labels: list[str], top: int) -> dict:
+    return {"score": round(float(value), 6)}
+
+
 CLASSIFICATION = Task(
     name="classification",
     data=lambda config, spec, labels, train: task_data(config, spec, labels, train, regression=False),
     build=lambda encoder, config, labels: SentenceClassifier(encoder, len(labels), config, regression=False),
     score=score_classification, metric="accuracy", metrics=("accuracy", "f1", "mcc", "acc_and_f1"),
-    step_flops=step_flops, synthetic_batch=lambda config: synthetic_batch(config, regression=False))
+    step_flops=step_flops, synthetic_batch=lambda config: synthetic_batch(config, regression=False),
+    inputs=lambda config, items, labels: prediction_inputs(config, items, labels, regression=False),
+    describe=describe_classes)
 
 REGRESSION = Task(
     name="regression",
     data=lambda config, spec, labels, train: task_data(config, spec, labels, train, regression=True),
     build=lambda encoder, config, labels: SentenceClassifier(encoder, 1, config, regression=True),
     score=score_regression, metric="pearson", metrics=("pearson", "spearman", "pearson_and_spearman"),
-    step_flops=step_flops, synthetic_batch=lambda config: synthetic_batch(config, regression=True))
+    step_flops=step_flops, synthetic_batch=lambda config: synthetic_batch(config, regression=True),
+    inputs=lambda config, items, labels: prediction_inputs(config, items, labels, regression=True),
+    describe=describe_score)
