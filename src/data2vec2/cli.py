@@ -112,6 +112,7 @@ def cmd_predict(args) -> None:
     summary = predict(model, args.inputs, out, batch_size=args.batch_size, top=args.top, on_bad_file=args.on_bad_file,
                       progress=not args.no_progress, device=args.device, precision=args.precision,
                       workers=args.workers)
+    sys.stdout.flush()
     scores = "; " + ", ".join(f"{k} {v:.4f}" for k, v in summary["scores"].items()) if "scores" in summary else ""
     print(f"[data2vec2] predicted {summary['predicted']}, skipped {summary['skipped']} in {summary['seconds']:.1f} s "
           f"({summary['per_second']} per second){scores}" + (f" -> {out}" if out else ""), file=sys.stderr)

@@ -65,6 +65,7 @@ class Task:
     inputs: Callable[..., tuple[TaskData, list[str], bool]]
     # (one output of the objective's predict, labels, top) -> the JSON fields of its prediction
     describe: Callable[..., dict]
+    data_keys: tuple[str, ...] = ()  # the modality's data keys that prediction reads (an export keeps these)
     lower_is_better: tuple[str, ...] = ()  # the metrics that are better when lower (error rates)
 
 

@@ -150,13 +150,13 @@ class _nothing:
         return False
 
 
-def write_model(model: nn.Module, config: Config, labels: list[str], out: Path, source: str) -> Path:
-    """The export of a fine-tuned objective: model.safetensors, config.json and the files that the
-    modality's data keys name (copied in, the key then naming the copy)."""
+def write_model(model: nn.Module, config: Config, task: "Task", labels: list[str], out: Path, source: str) -> Path:
+    """The export of a fine-tuned objective: model.safetensors, config.json (with the data keys that
+    prediction reads, Task.data_keys) and the files those keys name (copied in, the key then naming
+    the copy)."""
     out.mkdir(parents=True, exist_ok=True)
     data = {}
-    keys = {f for f in config.data.settings.__dataclass_fields__}
-    for key in sorted(keys):
+    for key in task.data_keys:
         value = getattr(config.data, key)
         if isinstance(value, str) and value and Path(value).is_file():
             shutil.copyfile(value, out / Path(value).name)
@@ -175,7 +175,7 @@ def export_run(path: Path, out: Path, overwrite: bool, modalities: Mapping[str, 
     checkpoint file."""
     check_out(out, overwrite, folder=True)
     model, source = load_model(path, modalities), str(path)
-    return write_model(model.objective, model.config, model.labels, out, source)
+    return write_model(model.objective, model.config, model.task, model.labels, out, source)
 
 
 def is_finetuned(path: str | Path) -> bool:

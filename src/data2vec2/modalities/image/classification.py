@@ -308,4 +308,5 @@ def synthetic_batch(config: Config) -> tuple[dict, list[str], float]:
 
 CLASSIFICATION = Task(name="classification", data=task_data, build=lambda encoder, config, labels: ImageClassifier(
     encoder, len(labels), config), score=score, metric="accuracy", metrics=("accuracy", "top5"),
-    step_flops=step_flops, synthetic_batch=synthetic_batch, inputs=prediction_inputs, describe=describe_classes)
+    step_flops=step_flops, synthetic_batch=synthetic_batch, inputs=prediction_inputs, describe=describe_classes,
+    data_keys=("channels", "mean", "std", "eval_crop_pct"))

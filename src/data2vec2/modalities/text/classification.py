@@ -337,7 +337,8 @@ CLASSIFICATION = Task(
     score=score_classification, metric="accuracy", metrics=("accuracy", "f1", "mcc", "acc_and_f1"),
     step_flops=step_flops, synthetic_batch=lambda config: synthetic_batch(config, regression=False),
     inputs=lambda config, items, labels: prediction_inputs(config, items, labels, regression=False),
-    describe=describe_classes)
+    describe=describe_classes,
+    data_keys=("tokenizer", "text_columns", "label_column"))
 
 REGRESSION = Task(
     name="regression",
@@ -346,4 +347,5 @@ REGRESSION = Task(
     score=score_regression, metric="pearson", metrics=("pearson", "spearman", "pearson_and_spearman"),
     step_flops=step_flops, synthetic_batch=lambda config: synthetic_batch(config, regression=True),
     inputs=lambda config, items, labels: prediction_inputs(config, items, labels, regression=True),
-    describe=describe_score)
+    describe=describe_score,
+    data_keys=("tokenizer", "text_columns", "label_column"))
