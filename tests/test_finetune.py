@@ -423,7 +423,7 @@ def test_the_speech_and_text_commands_run_the_tasks(audio_init, text_init, label
                  str(labelled_audio["ctc"]), "--steps", "2", "--batch-size", "4", "--freeze-steps", "1",
                  "--run-dir", str(tmp_path / "ctc"), "--no-progress", "--out", str(tmp_path / "ctc.json")]) == 0
     ctc = json.loads((tmp_path / "ctc.json").read_text())
-    assert ctc["metric"] == "wer" and not ctc["higher_is_better"] and ctc["model"] == str(audio_init)
+    assert ctc["metric"] == "cer" and not ctc["higher_is_better"] and ctc["model"] == str(audio_init)  # (tiny: CER)
     assert set(ctc["pretrained"][str(labelled_audio["ctc"])]) == {"wer", "cer"}
     config = data2vec2.load_config(str(tmp_path / "ctc" / "random_init" / "config.yaml"))
     assert (config.train.max_steps, config.finetune.freeze_steps, config.train.batch_size) == (2, 1, 4)
@@ -486,7 +486,8 @@ def test_predict_scores_a_labelled_split_as_the_finetuning_did(task, request, tm
     results = run(preset, overrides + [f"finetune.test={json.dumps([split])}"], tmp_path / "run")["results"]
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0
     out = tmp_path / "predictions.jsonl"
-    assert main(["predict", str(tmp_path / "export"), split, "--out", str(out), "--no-progress"]) == 0
+    assert main(["predict", str(tmp_path / "export"), split, "--out", str(out), "--no-progress",
+                 "--precision", "fp32"]) == 0  # (as the run's train.precision)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == len(load_model(tmp_path / "export", MODALITIES).task.inputs(
         load_model(tmp_path / "export", MODALITIES).config, [split], results["labels"])[1])

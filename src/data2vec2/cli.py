@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="classifiers: the most likely labels listed")
     p.add_argument("--on-bad-file", choices=("stop", "skip"), default="stop")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto, as in training: bf16 on GPUs and on CPUs fast at it (AMX, AVX512-BF16), else fp32")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (decoding)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)

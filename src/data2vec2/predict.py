@@ -277,7 +277,7 @@ def _load_export(folder: Path, modalities: Mapping[str, "Modality"]) -> Finetune
 
 def predict(model: FinetunedModel, inputs: list[str], out: Path | None, *, batch_size: int | None = None,
             top: int = 5, on_bad_file: str = "stop", progress: bool = True, device: str = "cpu",
-            precision: str = "fp32", workers: int = 0) -> dict:
+            precision: str = "auto", workers: int = 0) -> dict:
     """Predictions for `inputs` (files, folders, lists, manifests, TSVs: the task's `inputs`), one JSON
     line each in their order, written to `out` (or printed). Labelled inputs are scored as the
     fine-tuning scores them. Returns the summary: counts, seconds, the scores."""
