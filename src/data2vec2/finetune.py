@@ -71,9 +71,11 @@ def load_finetune_config(preset_or_path: str, overrides: list[str] | tuple[str, 
 def finetune(config: Config, run_dir: str | Path, modality: "Modality", **options) -> dict:
     """Fine-tune into `run_dir` (resuming from its last checkpoint); `options` as train.loop.train.
     Returns the loop's summary, with "results" (also in run_dir/results.json) when the run ends."""
+    from .benchmark import source_commit
+
     task = modality.tasks[config.finetune.task]
     run_dir = Path(run_dir)
-    parts: dict = {}
+    parts: dict = {"commit": source_commit()}  # of the code this invocation runs (the tree may change meanwhile)
 
     def data(progress: bool) -> PretrainingData:
         fit, valid, labels = training_and_validation(config, task)
@@ -334,7 +336,8 @@ def final_results(training: Training, task: "Task", parts: dict, best: dict | No
                "random_init": config.finetune.random_init, "train": config.data.train,
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
                "precision": str(training.dtype).replace("torch.", ""), "processes": training.dist.world_size,
-               **machine(), "data2vec2": __version__, "python": platform.python_version()}
+               **machine(), "commit": parts["commit"], "data2vec2": __version__,
+               "python": platform.python_version()}
     if training.dist.is_main:
         tmp = run_dir / ".results.json.tmp"
         tmp.write_text(json.dumps(results, indent=1) + "\n")
