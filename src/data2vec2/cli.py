@@ -116,6 +116,16 @@ def cmd_predict(args) -> None:
     scores = "; " + ", ".join(f"{k} {v:.4f}" for k, v in summary["scores"].items()) if "scores" in summary else ""
     print(f"[data2vec2] predicted {summary['predicted']}, skipped {summary['skipped']} in {summary['seconds']:.1f} s "
           f"({summary['per_second']} per second){scores}" + (f" -> {out}" if out else ""), file=sys.stderr)
+    if args.summary:  # the numbers with what produced them
+        import time
+
+        from .benchmark import machine
+
+        record = {"model": str(args.model), "inputs": list(args.inputs), **summary, "batch_size": args.batch_size,
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "command": " ".join(sys.argv), **machine()}
+        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def cmd_import_fairseq(args) -> None:
@@ -222,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="files, folders (recursive), .txt lists of paths, a manifest (audio) "
                                              "or a TSV / text file (text); a labelled set is scored")
     p.add_argument("--out", help="the JSON-lines file to write (default: standard output)")
+    p.add_argument("--summary", help="also write the counts, speed and scores as JSON here, with the machine")
     p.add_argument("--batch-size", type=int, help="default: the fine-tuning's train.batch_size")
     p.add_argument("--top", type=int, default=5, help="classifiers: the most likely labels listed")
     p.add_argument("--on-bad-file", choices=("stop", "skip"), default="stop")

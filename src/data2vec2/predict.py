@@ -318,7 +318,8 @@ def predict(model: FinetunedModel, inputs: list[str], out: Path | None, *, batch
             sink.close()
     seconds = time.perf_counter() - start
     summary = {"predicted": done, "skipped": len(skipped), "seconds": round(seconds, 3),
-               "per_second": round(done / seconds, 2) if seconds > 0 else None}
+               "per_second": round(done / seconds, 2) if seconds > 0 else None,
+               "precision": str(dtype).replace("torch.", ""), "device": str(dev)}
     if labelled and outputs:
         summary["scores"] = model.task.score(outputs, targets, model.labels)
     return summary
