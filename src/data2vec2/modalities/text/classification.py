@@ -282,8 +282,10 @@ def synthetic_batch(config: Config, regression: bool) -> tuple[dict, list[str], 
 def prediction_inputs(config: Config, items: list, labels: list[str], regression: bool
                       ) -> tuple[TaskData, list[str], bool]:
     """Examples to predict: a GLUE-format TSV with the training's columns (with its label column:
-    scored) or a text file of one example per line (a pair: tab-separated); in Python, the texts
-    themselves (strings, or pairs)."""
+    scored; also rotten-tomatoes:<split>) or a text file of one example per line (a pair:
+    tab-separated); in Python, the texts themselves (strings, or pairs)."""
+    if len(items) == 1 and isinstance(items[0], str) and items[0].startswith(PREPARED + ":"):
+        items = [str(task_file(config, items[0]))]
     if items and all(isinstance(t, (str, Path)) and Path(t).is_file() for t in items):
         if len(items) == 1 and str(items[0]).endswith(".tsv"):
             path = Path(items[0])
