@@ -516,3 +516,25 @@ def test_predict_scores_a_labelled_split_as_the_finetuning_did(task, request, tm
         err = capsys.readouterr().err
         assert "skipped: " in err and "predicted 2, skipped 1" in err and "accuracy" not in err
         assert [json.loads(line)["input"] for line in out.read_text().splitlines()] == files[:2]
+
+
+def test_a_finetuned_model_exports_to_onnx_with_the_same_scores(task, tmp_path):
+    """--format onnx of a fine-tuning run: onnxruntime gives the model's scores (logits, CTC
+    log-probabilities, values) at another batch size and, for speech and text, another length."""
+    ort = pytest.importorskip("onnxruntime")
+    from data2vec2.cli import main
+    from data2vec2.predict import load_model
+
+    preset, overrides = task
+    run(preset, overrides + ["train.max_steps=2", "finetune.eval_every=2"], tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "onnx"), "--format", "onnx"]) == 0
+    meta = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    model = load_model(tmp_path / "run", MODALITIES)
+    assert meta["format"] == "data2vec2-onnx-finetuned" and meta["labels"] == model.labels
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    x = model.task.synthetic_batch(model.config)[0]["inputs"][:3]
+    for batch in ([x, x[:1]] + ([x[:, : x.shape[1] * 2 // 3].contiguous()] if x.ndim == 2 else [])):
+        with torch.no_grad():
+            want = model.objective.scores(batch).numpy()
+        got = session.run(["scores"], {"inputs": batch.numpy()})[0]
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4, tuple(batch.shape)

@@ -81,8 +81,15 @@ def cmd_export(args) -> None:
     from .predict import export_run, is_finetuned
 
     if is_finetuned(args.run):
-        if args.format != "native":
-            raise ConfigError("--format onnx exports encoders only so far; a fine-tuned model exports natively")
+        if args.format == "onnx":
+            from .onnx_export import export_finetuned_onnx
+            from .predict import load_model
+
+            check_out(Path(args.out), args.overwrite, folder=True)
+            out = export_finetuned_onnx(load_model(Path(args.run), MODALITIES), Path(args.out))
+            print(f"exported the fine-tuned model to {out / 'model.onnx'} (input 'inputs', output 'scores'; the labels "
+                  f"and the input's shape and dtype are in {out / 'config.json'})")
+            return
         out = export_run(Path(args.run), Path(args.out), args.overwrite, MODALITIES)
         print(f"exported the fine-tuned model to {out} (data2vec2 predict {out} INPUTS..., or "
               f"data2vec2.load_model('{out}'))")

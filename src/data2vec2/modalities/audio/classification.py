@@ -41,9 +41,15 @@ class UtteranceClassifier(TaskObjective):
 
     def logits(self, batch: dict) -> Tensor:
         x = encode_clips(self.encoder, batch, self.encoder_context())  # (B, T, D)
+        if "padding" not in batch:  # whole clips of one length
+            return self.head(x.mean(dim=1)).float()
         keep = (~batch["padding"]).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         pooled = (x * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, D)
         return self.head(pooled).float()
+
+    def scores(self, waves: Tensor) -> Tensor:
+        """(B, L) normalised clips of one length -> (B, classes) logits: the ONNX export's."""
+        return self.logits({"inputs": waves})
 
     def forward(self, batch: dict) -> LossOutput:
         loss_sum = F.cross_entropy(self.logits(batch), batch["target"], label_smoothing=self.label_smoothing,

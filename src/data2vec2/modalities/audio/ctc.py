@@ -56,6 +56,11 @@ class SpeechRecognizer(TaskObjective):
                               blank=0, reduction="sum", zero_infinity=True)
         return LossOutput(loss_sum=loss_sum, count=batch["count"])
 
+    def scores(self, waves: Tensor) -> Tensor:
+        """(B, L) normalised clips of one length -> (B, T, letters) log-probabilities: the ONNX
+        export's (greedy decoding: the best letter per frame, repeats merged, blanks dropped)."""
+        return self.log_probs({"inputs": waves})
+
     def predict(self, batch: dict) -> list[str]:
         best = self.log_probs(batch).argmax(-1).cpu()  # (B, T)
         return [greedy_text(row[:int(n)].tolist(), self.letters) for row, n in zip(best, batch["frames"].cpu())]

@@ -194,6 +194,8 @@ def encode_clips(encoder: nn.Module, batch: dict, frozen_context) -> Tensor:
             x = torch.where(mask.unsqueeze(-1), noise, x)
         if "channel_mask" in batch:
             x = x.masked_fill(batch["channel_mask"].unsqueeze(1), 0.0)  # (B, 1, D) over every frame
-        padding = batch["padding"]
-        x = x.masked_fill(padding.unsqueeze(-1), 0.0)
-        return encoder.forward_unmasked(x, padding if padding.any() else None).x
+        padding = batch.get("padding")  # (None: whole clips of one length, as the ONNX export takes)
+        if padding is not None:
+            x = x.masked_fill(padding.unsqueeze(-1), 0.0)
+            padding = padding if padding.any() else None
+        return encoder.forward_unmasked(x, padding).x

@@ -77,6 +77,10 @@ class ImageClassifier(TaskObjective):
     def predict(self, batch: dict) -> list[Tensor]:
         return list(self.logits(batch["inputs"]).float().cpu())
 
+    def scores(self, images: Tensor) -> Tensor:
+        """(B, C, S, S) normalised images -> (B, classes) logits: what the ONNX export computes."""
+        return self.logits(images).float()
+
 
 def mix(images: Tensor, targets: Tensor, mixup: float, cutmix: float, mix_prob: float,
         rng: np.random.Generator) -> tuple[Tensor, Tensor]:

@@ -198,6 +198,10 @@ class SentenceClassifier(TaskObjective):
         out = self.outputs(batch["inputs"]).cpu()
         return list(out[:, 0] if self.regression else out)
 
+    def scores(self, tokens: Tensor) -> Tensor:
+        """(B, T) token ids (<pad> masked) -> (B, C) logits, or (B, 1) values: the ONNX export's."""
+        return self.outputs(tokens)
+
 
 def task_data(config: Config, spec: str, labels: list[str] | None, train: bool, regression: bool) -> TaskData:
     """The examples of `spec`. Classification: their classes are `labels` (those of the training
