@@ -538,3 +538,37 @@ def test_a_finetuned_model_exports_to_onnx_with_the_same_scores(task, tmp_path):
             want = model.objective.scores(batch).numpy()
         got = session.run(["scores"], {"inputs": batch.numpy()})[0]
         assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4, tuple(batch.shape)
+
+
+@pytest.mark.parametrize("name", ["classification", "regression"])
+def test_a_text_model_exports_as_roberta_for_sequence_classification(name, text_init, glue_tsv, cache_dir, tmp_path):
+    """--format transformers: AutoModelForSequenceClassification and AutoTokenizer load the folder
+    and give the fine-tuned model's logits (padded batch included), with its labels."""
+    transformers = pytest.importorskip("transformers")
+    from data2vec2.cli import main
+    from data2vec2.predict import load_model
+
+    key = ("text", name)
+    preset, overrides = TASKS[key]
+    overrides = overrides + [f"finetune.init={text_init}", f"data.cache_dir={cache_dir}", "train.max_steps=2",
+                             "finetune.eval_every=2", f"data.train={glue_tsv}"]
+    if name == "regression":
+        values = tmp_path / "values.tsv"
+        rows = [line.split("\t")[0] for line in glue_tsv.read_text().splitlines()[1:]]
+        values.write_text("sentence\tlabel\n" + "".join(f"{r}\t{len(r) / 100:.2f}\n" for r in rows))
+        overrides.append(f"data.train={values}")
+    run(preset, overrides, tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"), "--format", "transformers"]) == 0
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model = load_model(tmp_path / "run", MODALITIES)
+    texts = ["The computer is down again.", "Science is what we understand well enough to explain to a computer."]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = hf(**batch).logits
+        mine = model.objective.scores(batch["input_ids"])
+    assert (theirs - mine).abs().max() <= 1e-4
+    if name == "classification":
+        assert [hf.config.id2label[i] for i in range(len(model.labels))] == model.labels
+    else:
+        assert hf.config.problem_type == "regression" and hf.config.num_labels == 1

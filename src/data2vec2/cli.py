@@ -90,10 +90,25 @@ def cmd_export(args) -> None:
             print(f"exported the fine-tuned model to {out / 'model.onnx'} (input 'inputs', output 'scores'; the labels "
                   f"and the input's shape and dtype are in {out / 'config.json'})")
             return
+        if args.format == "transformers":
+            from .predict import load_model
+
+            model = load_model(Path(args.run), MODALITIES)
+            if model.task.export_transformers is None:
+                raise ConfigError(f"--format transformers: a {model.config.model.modality} {model.task.name} model has "
+                                  f"no transformers format (text classifiers do)")
+            check_out(Path(args.out), args.overwrite, folder=True)
+            out = model.task.export_transformers(model, Path(args.out))
+            print(f"exported the fine-tuned model to {out} (transformers: AutoModelForSequenceClassification."
+                  f"from_pretrained('{out}'))")
+            return
         out = export_run(Path(args.run), Path(args.out), args.overwrite, MODALITIES)
         print(f"exported the fine-tuned model to {out} (data2vec2 predict {out} INPUTS..., or "
               f"data2vec2.load_model('{out}'))")
         return
+    if args.format == "transformers":
+        raise ConfigError("--format transformers exports fine-tuned text models; a text encoder's native export is "
+                          "already a transformers RobertaModel")
     check_out(Path(args.out), args.overwrite, folder=True)
     encoder, config = load_encoder_and_config(args.run)
     record = MODALITIES[config.model.modality]
@@ -255,9 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder or a checkpoint file")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing export in --out")
-    p.add_argument("--format", choices=("native", "onnx"), default="native",
-                   help="native: the modality's format (text: transformers); onnx: model.onnx, the encoder's "
-                        "forward only (needs the onnx extra)")
+    p.add_argument("--format", choices=("native", "onnx", "transformers"), default="native",
+                   help="native: an encoder in its modality's format (text: a transformers RobertaModel), a "
+                        "fine-tuning run in ours (for predict and load_model); onnx: model.onnx, an encoder's "
+                        "features or a fine-tuned model's scores (needs the onnx extra); transformers: a "
+                        "fine-tuned text model as RobertaForSequenceClassification")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import-fairseq", help="read a data2vec 2.0 checkpoint of the reference (fairseq) without "

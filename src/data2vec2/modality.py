@@ -66,6 +66,9 @@ class Task:
     # (one output of the objective's predict, labels, top) -> the JSON fields of its prediction
     describe: Callable[..., dict]
     data_keys: tuple[str, ...] = ()  # the modality's data keys that prediction reads (an export keeps these)
+    # (predict.FinetunedModel, out folder) -> the folder: the model in another library's format
+    # (`data2vec2 export --format transformers`; text: RobertaForSequenceClassification); None: none
+    export_transformers: Callable[..., Path] | None = None
     lower_is_better: tuple[str, ...] = ()  # the metrics that are better when lower (error rates)
 
 

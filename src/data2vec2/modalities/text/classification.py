@@ -40,6 +40,7 @@ from ...modality import Task, TaskData
 from ...predict import describe_classes
 from ...train.flops import blocks_forward_flops
 from .data import load_tokenizer
+from .hf import export_classifier_hf
 from .encoder import PAD
 
 # GLUE column names, tried in this order when data.text_columns is not given
@@ -344,7 +345,7 @@ CLASSIFICATION = Task(
     step_flops=step_flops, synthetic_batch=lambda config: synthetic_batch(config, regression=False),
     inputs=lambda config, items, labels: prediction_inputs(config, items, labels, regression=False),
     describe=describe_classes,
-    data_keys=("tokenizer", "text_columns", "label_column"))
+    data_keys=("tokenizer", "text_columns", "label_column"), export_transformers=export_classifier_hf)
 
 REGRESSION = Task(
     name="regression",
@@ -354,4 +355,4 @@ REGRESSION = Task(
     step_flops=step_flops, synthetic_batch=lambda config: synthetic_batch(config, regression=True),
     inputs=lambda config, items, labels: prediction_inputs(config, items, labels, regression=True),
     describe=describe_score,
-    data_keys=("tokenizer", "text_columns", "label_column"))
+    data_keys=("tokenizer", "text_columns", "label_column"), export_transformers=export_classifier_hf)

@@ -138,3 +138,29 @@ def read_text_hf(folder: Path, meta: dict) -> tuple[dict, dict]:
     except KeyError as e:
         raise DataError(f"{folder / 'model.safetensors'}: no tensor {e} (not a text export of this depth)") from None
     return state, {"tokenizer": str(folder / "tokenizer.json")}
+
+
+def export_classifier_hf(model, out_dir: str | Path) -> Path:
+    """A fine-tuned text classifier or regressor (`predict.FinetunedModel`) as a `transformers`
+    `RobertaForSequenceClassification` folder: the encoder as `export_text_hf` maps it under
+    `roberta.`, the head (dense -> tanh -> out) as `classifier.dense` / `classifier.out_proj`, the
+    labels as `id2label`, and the tokenizer."""
+    config, objective = model.config, model.objective
+    cfg = config.model
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(config.data.tokenizer, out, cfg.text.max_positions, cfg.text.vocab_size)
+    encoder = {f"roberta.{k}": v for k, v in to_hf_state(objective.encoder.state_dict(), cfg).items()}
+    head = {f"classifier.{ours}.{kind}": getattr(objective, theirs).state_dict()[kind]
+            for ours, theirs in (("dense", "dense"), ("out_proj", "out")) for kind in ("weight", "bias")}
+    write_safetensors({**encoder, **head}, out / "model.safetensors", {"format": "pt"})
+    regression = model.task.name == "regression"
+    labels = ["score"] if regression else model.labels
+    meta = hf_config(cfg) | {
+        "architectures": ["RobertaForSequenceClassification"], "num_labels": len(labels),
+        "id2label": {str(i): name for i, name in enumerate(labels)}, "label2id": {name: i for i, name in enumerate(labels)},
+        "problem_type": "regression" if regression else "single_label_classification", "classifier_dropout": 0.0,
+        "data2vec2": {"format": FORMAT + "-classifier", "version": __version__, "model": config_to_dict(cfg),
+                      "task": model.task.name}}
+    write_json(out / "config.json", meta)
+    return out
