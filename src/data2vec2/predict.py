@@ -102,7 +102,7 @@ def describe_classes(logits: torch.Tensor, labels: list[str], top: int) -> dict:
 
 
 def expand_paths(items: list, find: Callable[[Path], list[Path]], kind: str) -> list[tuple[str, Any]]:
-    """(name, path or in-memory sample) per input: a folder gives its files (`find`, recursive), a
+    """(name, path (a string) or in-memory sample) per input: a folder gives its files (`find`, recursive), a
     .txt or .lst file one path per line (relative to its folder), any other path itself, an
     in-memory sample itself (named item[i])."""
     out = []
@@ -112,16 +112,16 @@ def expand_paths(items: list, find: Callable[[Path], list[Path]], kind: str) -> 
             continue
         path = Path(item).expanduser()
         if path.is_dir():
-            out += [(str(f), f) for f in find(path)]
+            out += [(name, name) for name in map(str, find(path))]  # (one string per file: lists can be long)
         elif path.suffix.lower() in (".txt", ".lst") and path.is_file():
             for k, line in enumerate(path.read_text().splitlines(), start=1):
                 if line.strip():
                     listed = (path.parent / line.strip()).expanduser()
                     if not listed.exists():
                         raise DataError(f"{path}:{k}: {kind} file {listed} does not exist")
-                    out.append((str(listed), listed))
+                    out.append((str(listed), str(listed)))
         elif path.exists():
-            out.append((str(path), path))
+            out.append((str(path), str(path)))
         else:
             raise DataError(f"{item}: no such {kind} file or folder")
     if not out:

@@ -17,7 +17,6 @@ import os
 import sys
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,7 +93,7 @@ class Waves(torch.utils.data.Dataset):
         i = int(i)
         name, item = self.items[i]
         try:
-            wave = load_audio(item) if isinstance(item, Path) else np.asarray(item, dtype=np.float32).reshape(-1)
+            wave = load_audio(item) if isinstance(item, str) else np.asarray(item, dtype=np.float32).reshape(-1)
         except DataError as e:
             return {"index": i, "error": str(e)}
         if wave.size < 400:
@@ -114,7 +113,7 @@ def prediction_inputs(config: Config, items: list, labels: list[str], task_data,
         if source.texts is not None:
             data = task_data(config, items[0], labels, False)
             return data, list(data.dataset.source.paths), True
-        found = [(p, Path(p)) for p in source.paths]
+        found = [(p, p) for p in source.paths]
     else:
         found = expand_paths(items, list_audio_files, "audio")
     return TaskData(dataset=Waves(found, placeholder), collate=ClipCollate(config, False, targets),

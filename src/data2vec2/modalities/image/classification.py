@@ -243,7 +243,7 @@ class Items(ImageSource):
 
     def get(self, i: int) -> np.ndarray:
         name, item = self.items[i]
-        if isinstance(item, Path):
+        if isinstance(item, str):  # a path
             return load_image(item, self.channels)
         array = np.asarray(item)
         if array.dtype != np.uint8 or array.ndim not in (2, 3):
