@@ -78,33 +78,28 @@ def cmd_export(args) -> None:
     from . import load_encoder_and_config
     from .export import check_out
     from .modalities import MODALITIES
-    from .predict import export_run, is_finetuned
+    from .predict import is_finetuned, load_model, write_model
 
-    if is_finetuned(args.run):
+    if is_finetuned(args.run):  # the whole model (its best checkpoint), in the format asked for
+        model = load_model(Path(args.run), MODALITIES)
+        if args.format == "transformers" and model.task.export_transformers is None:
+            raise ConfigError(f"--format transformers: a {model.config.model.modality} {model.task.name} model has "
+                              f"no transformers format (text classifiers do)")
+        check_out(Path(args.out), args.overwrite, folder=True)
         if args.format == "onnx":
             from .onnx_export import export_finetuned_onnx
-            from .predict import load_model
 
-            check_out(Path(args.out), args.overwrite, folder=True)
-            out = export_finetuned_onnx(load_model(Path(args.run), MODALITIES), Path(args.out))
+            out = export_finetuned_onnx(model, Path(args.out))
             print(f"exported the fine-tuned model to {out / 'model.onnx'} (input 'inputs', output 'scores'; the labels "
                   f"and the input's shape and dtype are in {out / 'config.json'})")
-            return
-        if args.format == "transformers":
-            from .predict import load_model
-
-            model = load_model(Path(args.run), MODALITIES)
-            if model.task.export_transformers is None:
-                raise ConfigError(f"--format transformers: a {model.config.model.modality} {model.task.name} model has "
-                                  f"no transformers format (text classifiers do)")
-            check_out(Path(args.out), args.overwrite, folder=True)
+        elif args.format == "transformers":
             out = model.task.export_transformers(model, Path(args.out))
             print(f"exported the fine-tuned model to {out} (transformers: AutoModelForSequenceClassification."
                   f"from_pretrained('{out}'))")
-            return
-        out = export_run(Path(args.run), Path(args.out), args.overwrite, MODALITIES)
-        print(f"exported the fine-tuned model to {out} (data2vec2 predict {out} INPUTS..., or "
-              f"data2vec2.load_model('{out}'))")
+        else:
+            out = write_model(model.objective, model.config, model.task, model.labels, Path(args.out), str(args.run))
+            print(f"exported the fine-tuned model to {out} (data2vec2 predict {out} INPUTS..., or "
+                  f"data2vec2.load_model('{out}'))")
         return
     if args.format == "transformers":
         raise ConfigError("--format transformers exports fine-tuned text models; a text encoder's native export is "

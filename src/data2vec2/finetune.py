@@ -77,8 +77,12 @@ def finetune(config: Config, run_dir: str | Path, modality: "Modality", **option
     run_dir = Path(run_dir)
     parts: dict = {"commit": source_commit()}  # of the code this invocation runs (the tree may change meanwhile)
 
+    # the training data (read once); its label set is what the head's outputs mean, checked on resume
+    train_data = task.data(config, config.data.train, None, True)
+    labels = train_data.labels
+
     def data(progress: bool) -> PretrainingData:
-        fit, valid, labels = training_and_validation(config, task)
+        fit, valid = training_and_validation(config, task, train_data)
         parts.update(valid=valid, labels=labels)
         size = float(np.mean(fit.lengths)) if fit.lengths else 0.0
         return PretrainingData(dataset=fit.dataset, collate=fit.collate, lengths=fit.lengths,
@@ -94,8 +98,6 @@ def finetune(config: Config, run_dir: str | Path, modality: "Modality", **option
     def finish(training: Training, best: dict | None) -> dict:
         return final_results(training, task, parts, best, run_dir)
 
-    # the label set: what the head's outputs mean, fixed by the training data; checked on resume
-    labels = task.data(config, config.data.train, None, False).labels
     metric = chosen_metric(config, task)
     job = Job(data=data, build_model=build_model, validate=validate,
               every=config.finetune.eval_every, metric=metric, higher_is_better=metric not in task.lower_is_better,
@@ -203,12 +205,11 @@ class TaskObjective(nn.Module):
         return layer_scales(self, self.layer_decay)
 
 
-def training_and_validation(config: Config, task: "Task") -> tuple[TaskData, TaskData, list[str]]:
-    """The training data (augmented) and the validation data, and the labels of the training data."""
-    fit = task.data(config, config.data.train, None, True)
+def training_and_validation(config: Config, task: "Task", fit: TaskData) -> tuple[TaskData, TaskData]:
+    """The data to train on (of `fit`, the training data, augmented) and the validation data."""
     labels = fit.labels
     if config.finetune.valid:
-        return fit, task.data(config, config.finetune.valid, labels, False), labels
+        return fit, task.data(config, config.finetune.valid, labels, False)
     # a seeded hold-out of the training data, read without augmentation
     plain = task.data(config, config.data.train, labels, False)
     n = len(fit.dataset)
@@ -223,7 +224,7 @@ def training_and_validation(config: Config, task: "Task") -> tuple[TaskData, Tas
                         f"give finetune.valid")
     order = np.random.default_rng(config.train.seed).permutation(n)
     held, kept = np.sort(order[:size]), np.sort(order[size:])
-    return subset(fit, kept), subset(plain, held), labels
+    return subset(fit, kept), subset(plain, held)
 
 
 def subset(data: TaskData, indices) -> TaskData:

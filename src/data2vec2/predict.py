@@ -14,6 +14,7 @@ each output into a prediction; labelled inputs are also scored, with the fine-tu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -26,9 +27,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
-from .config import Config, config_from_dict, config_to_dict
+from .config import Config, config_to_dict
 from .errors import DataError, TrainingError
-from .export import check_out, write_json, write_safetensors
+from .export import _saved_config, write_json, write_safetensors
 from .model import build_encoder
 from .train.checkpoint import load_checkpoint
 
@@ -81,7 +82,7 @@ class FinetunedModel:
             errors = {s["index"]: s["error"] for s in items if "error" in s}
             outputs, targets = [], []
             if batch is not None:
-                with autocast() if autocast is not None else _nothing():
+                with autocast() if autocast is not None else contextlib.nullcontext():
                     outputs = self.objective.predict(on_device(batch, device))
                 targets = list(batch["target"])
             done = iter(zip(outputs, targets))
@@ -142,14 +143,6 @@ class _Each:
         return light, (self.collate(good) if good else None)
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def write_model(model: nn.Module, config: Config, task: "Task", labels: list[str], out: Path, source: str) -> Path:
     """The export of a fine-tuned objective: model.safetensors, config.json (with the data keys that
     prediction reads, Task.data_keys) and the files those keys name (copied in, the key then naming
@@ -168,14 +161,6 @@ def write_model(model: nn.Module, config: Config, task: "Task", labels: list[str
         "finetune": {"task": config.finetune.task, "metric": config.finetune.metric}, "labels": list(labels),
         "train": {"batch_size": config.train.batch_size}, "source": source})
     return out
-
-
-def export_run(path: Path, out: Path, overwrite: bool, modalities: Mapping[str, "Modality"]) -> Path:
-    """`data2vec2 export` of a fine-tuning run folder (its best checkpoint, else its last) or
-    checkpoint file."""
-    check_out(out, overwrite, folder=True)
-    model, source = load_model(path, modalities), str(path)
-    return write_model(model.objective, model.config, model.task, model.labels, out, source)
 
 
 def is_finetuned(path: str | Path) -> bool:
@@ -224,17 +209,8 @@ def load_model(path: str | Path, modalities: Mapping[str, "Modality"]) -> Finetu
         what = "a pre-training checkpoint (data2vec2 load_encoder reads it)" if "student" in (state or {}) else \
             "not a fine-tuning checkpoint"
         raise DataError(f"{checkpoint}: {what}; load_model and predict need a fine-tuned model")
-    config = _config(state["config"], modalities, checkpoint)
+    config = _saved_config(state["config"], modalities, checkpoint)
     return _assemble(config, modalities, state["task"]["labels"], state["model"], checkpoint)
-
-
-def _config(values: dict, modalities: Mapping[str, "Modality"], source: Path) -> Config:
-    from .config import ConfigError
-
-    try:
-        return config_from_dict(values, modalities, saved=True, source=str(source))
-    except ConfigError as e:
-        raise DataError(f"{source}: {e}") from None
 
 
 def _assemble(config: Config, modalities: Mapping[str, "Modality"], labels: list[str], state: dict,
@@ -267,7 +243,7 @@ def _load_export(folder: Path, modalities: Mapping[str, "Modality"]) -> Finetune
             data[key] = str(folder / value)
     values = {"model": meta.get("model"), "data": data, "finetune": meta.get("finetune"),
               "train": meta.get("train") or {}}
-    config = _config(values, modalities, folder / "config.json")
+    config = _saved_config(values, modalities, folder / "config.json")
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types
@@ -291,7 +267,7 @@ def predict(model: FinetunedModel, inputs: list[str], out: Path | None, *, batch
     data, names, labelled = model.task.inputs(model.config, inputs, model.labels)
 
     def autocast():
-        return torch.autocast(dev.type, dtype=dtype) if dtype != torch.float32 else _nothing()
+        return torch.autocast(dev.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
     sink = open(out, "w") if out is not None else sys.stdout
     outputs, targets, done, skipped, start = [], [], 0, [], time.perf_counter()

@@ -17,6 +17,7 @@ import os
 import sys
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from ...config import Config
 from ...data.collate import Collate, Stream
 from ...errors import DataError
-from .data import AudioSource, load_audio, normalize, open_audio_source
+from .data import AudioSource, load_audio, normalize, open_audio_source, read_manifest
 from .encoder import num_frames
 
 MASK_NOISE_STD = 0.01  # the reference's mask_noise_std
@@ -109,11 +110,13 @@ def prediction_inputs(config: Config, items: list, labels: list[str], task_data,
     from .data import list_audio_files
 
     if len(items) == 1 and isinstance(items[0], str) and items[0].endswith(".tsv"):
-        source = open_audio_source(items[0], on_bad_file=config.data.on_bad_file)
-        if source.texts is not None:
+        if not Path(items[0]).is_file():
+            raise DataError(f"{items[0]}: no such manifest")
+        paths, _, texts, _ = read_manifest(Path(items[0]))  # (only the listing: no audio file is opened)
+        if texts is not None:
             data = task_data(config, items[0], labels, False)
             return data, list(data.dataset.source.paths), True
-        found = [(p, p) for p in source.paths]
+        found = [(p, p) for p in paths]
     else:
         found = expand_paths(items, list_audio_files, "audio")
     return TaskData(dataset=Waves(found, placeholder), collate=ClipCollate(config, False, targets),

@@ -294,7 +294,8 @@ def prediction_inputs(config: Config, items: list, labels: list[str], regression
     if items and all(isinstance(t, (str, Path)) and Path(t).is_file() for t in items):
         if len(items) == 1 and str(items[0]).endswith(".tsv"):
             path = Path(items[0])
-            header = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].split("\t")
+            with open(path, encoding="utf-8", errors="replace") as f:
+                header = f.readline().rstrip("\n").split("\t")
             label = config.data.label_column or next((c for c in KNOWN_LABEL_COLUMNS if c in header), "")
             if label in header:
                 data = task_data(config, str(path), None if regression else labels, False, regression)
