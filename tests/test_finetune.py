@@ -518,6 +518,35 @@ def test_predict_scores_a_labelled_split_as_the_finetuning_did(task, request, tm
         assert [json.loads(line)["input"] for line in out.read_text().splitlines()] == files[:2]
 
 
+def test_speech_predictions_decode_with_a_word_language_model(audio_init, labelled_audio, cache_dir, tmp_path, capsys):
+    """predict --lm with `data2vec2 ngram`'s model of the training transcripts: every transcript is
+    made of the model's words, the summary names the decoding; --lm on a classifier and --lexicon
+    without --lm: one-line errors."""
+    from data2vec2.cli import main
+    from data2vec2.predict import load_model
+
+    tiny = ["train.max_steps=2", "finetune.eval_every=2", f"finetune.init={audio_init}", f"data.cache_dir={cache_dir}"]
+    manifest = labelled_audio["ctc"]
+    run(TASKS[("audio", "ctc")][0], TASKS[("audio", "ctc")][1] + tiny + [f"data.train={manifest}"], tmp_path / "ctc")
+    assert main(["ngram", str(manifest), "--order", "2", "--out", str(tmp_path / "lm.arpa")]) == 0
+    out, summary = tmp_path / "p.jsonl", tmp_path / "summary.json"
+    assert main(["predict", str(tmp_path / "ctc"), str(manifest), "--lm", str(tmp_path / "lm.arpa"), "--word-score", "5",
+                 "--out", str(out), "--summary", str(summary), "--no-progress"]) == 0
+    words = {w for line in manifest.read_text().splitlines() for w in line.split("\t")[2].split()}
+    transcripts = [json.loads(line)["transcript"] for line in out.read_text().splitlines()]
+    assert len(transcripts) == 24 and any(transcripts) and all(set(t.split()) <= words for t in transcripts)
+    decoding = json.loads(summary.read_text())["decoding"]
+    assert decoding["kind"] == "beam search" and decoding["words"] == len(words) and decoding["word_score"] == 5
+    assert load_model(tmp_path / "ctc", MODALITIES).objective.decoding == {"kind": "greedy"}
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "ctc"), str(manifest), "--lexicon", str(tmp_path / "lm.arpa")]) == 2
+    assert "--lexicon goes with --lm" in capsys.readouterr().err
+    run(TASKS[("audio", "classification")][0], TASKS[("audio", "classification")][1] + tiny +
+        [f"data.train={labelled_audio['classes']}"], tmp_path / "cls")
+    assert main(["predict", str(tmp_path / "cls"), str(labelled_audio["classes"]), "--lm", str(tmp_path / "lm.arpa")]) == 2
+    assert "task (audio classification) does not decode with a language model" in capsys.readouterr().err
+
+
 def test_a_finetuned_model_exports_to_onnx_with_the_same_scores(task, tmp_path):
     """--format onnx of a fine-tuning run: onnxruntime gives the model's scores (logits, CTC
     log-probabilities, values) at another batch size and, for speech and text, another length."""

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, Data2Vec2Error, Interrupted
+from .errors import ConfigError, Data2Vec2Error, DataError, Interrupted
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -123,6 +123,11 @@ def cmd_predict(args) -> None:
     from .predict import load_model, predict
 
     model = load_model(args.model, MODALITIES)
+    if args.lm:
+        model.use_language_model(args.lm, lexicon=args.lexicon, beam=args.beam, lm_weight=args.lm_weight,
+                                 word_score=args.word_score)
+    elif args.lexicon:
+        raise DataError("--lexicon goes with --lm (the language model whose words it lists)")
     out = Path(args.out) if args.out else None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto, as in training: bf16 on GPUs and on CPUs fast at it (AMX, AVX512-BF16), else fp32")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (decoding)")
+    p.add_argument("--lm", help="speech recognition: decode by beam search with this word n-gram model (ARPA or "
+                                "KenLM binary; data2vec2 ngram writes one), not greedily; needs flashlight-text")
+    p.add_argument("--lexicon", help="with --lm: the words to propose, one per line (default: the ARPA file's)")
+    p.add_argument("--beam", type=int, default=50, help="with --lm: hypotheses kept per frame")
+    p.add_argument("--lm-weight", type=float, default=2.0, help="with --lm: the LM log-probability's weight")
+    p.add_argument("--word-score", type=float, default=-1.0, help="with --lm: added per word")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -2,6 +2,7 @@
 
     data2vec2 export runs/ft --out exports/ft          # the best checkpoint: encoder + head, labels, preprocessing
     data2vec2 predict exports/ft photos/ --out predictions.jsonl
+    data2vec2 predict exports/ctc clips/ --lm lm.arpa              # speech: beam search with a word LM
     model = data2vec2.load_model("exports/ft"); model.predict(["a.png", "b.png"])
 
 An export of a fine-tuning run (`FORMAT`) holds what prediction needs and nothing that training
@@ -56,6 +57,15 @@ class FinetunedModel:
 
     def embed(self, inputs: torch.Tensor, pool: str | None = None) -> torch.Tensor:
         return self.encoder.embed(inputs, pool)
+
+    def use_language_model(self, lm: str | Path, **options) -> "FinetunedModel":
+        """Decode with the language model file `lm` from now on (speech recognition: a word n-gram
+        model, beam search; options: lexicon, beam, lm_weight, word_score)."""
+        if not hasattr(self.objective, "use_language_model"):
+            raise DataError(f"--lm: this model's task ({self.config.model.modality} {self.task.name}) does not "
+                            f"decode with a language model")
+        self.objective.use_language_model(lm, **options)
+        return self
 
     def predict(self, items: list, batch_size: int | None = None, top: int = 5) -> list[dict]:
         """One prediction per item (in order): label and probability (and the `top` most likely),
@@ -296,6 +306,8 @@ def predict(model: FinetunedModel, inputs: list[str], out: Path | None, *, batch
     summary = {"predicted": done, "skipped": len(skipped), "seconds": round(seconds, 3),
                "per_second": round(done / seconds, 2) if seconds > 0 else None,
                "precision": str(dtype).replace("torch.", ""), "device": str(dev)}
+    if hasattr(model.objective, "decoding"):
+        summary["decoding"] = model.objective.decoding
     if labelled and outputs:
         summary["scores"] = model.task.score(outputs, targets, model.labels)
     return summary

@@ -1,4 +1,4 @@
-"""The audio commands: `prepare audio`, `finetune-ctc`, `kws`."""
+"""The audio commands: `prepare audio`, `finetune-ctc`, `kws`, `ngram`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,15 @@ def cmd_kws(args, modality) -> None:
     write_result(args.out, evaluate_kws(encoders, config, train, test, seed=args.seed))
 
 
+def cmd_ngram(args, modality) -> None:
+    from .lm import read_sentences, write_arpa
+
+    stats = write_arpa(read_sentences(args.inputs), args.order, Path(args.out))
+    print(f"wrote {args.out}: an interpolated Kneser-Ney {stats['order']}-gram model of {stats['sentences']} "
+          f"sentences ({', '.join(f'{n} {k + 1}-grams' for k, n in enumerate(stats['ngrams']))}; "
+          f"data2vec2 predict MODEL CLIPS --lm {args.out})")
+
+
 def add_commands(sub, prepare, modality) -> None:
     """`sub`: the command line's sub-commands; `prepare`: those of `data2vec2 prepare`."""
     p = prepare.add_parser("audio", help="the offline speech corpus: real recordings + synthesized voices")
@@ -84,3 +93,9 @@ def add_commands(sub, prepare, modality) -> None:
     add_comparison_options(p)
     p.set_defaults(func=cmd_kws, modality=modality)
 
+    p = sub.add_parser("ngram", help="speech: write a word n-gram language model (ARPA) of transcripts, for "
+                                     "predict --lm")
+    p.add_argument("inputs", nargs="+", help="TSV manifests with transcripts, or text files (one sentence per line)")
+    p.add_argument("--order", type=int, default=3, help="the n of the n-grams")
+    p.add_argument("--out", required=True, help="the .arpa file to write")
+    p.set_defaults(func=cmd_ngram, modality=modality)

@@ -10,7 +10,8 @@ examples/wav2vec/config/finetuning/*.yaml) on the trainer of pre-training.
               Linear(D, letters + 1); the whole encoder frozen for the first finetune.freeze_steps
     loss      CTC (zero_infinity), summed over the clips and divided by their number (sentence_avg)
     decoding  greedy (the reference's Viterbi without a language model): the best letter per frame,
-              repeats merged, blanks removed, runs of spaces closed up
+              repeats merged, blanks removed, runs of spaces closed up; or, for prediction, beam
+              search with a word n-gram model (use_language_model, lm.py)
     metrics   word and character error rates over the split (torchmetrics); the best checkpoint by WER
 """
 
@@ -45,6 +46,17 @@ class SpeechRecognizer(TaskObjective):
         self.head = nn.Linear(encoder.cfg.embed_dim, len(letters))
         nn.init.xavier_uniform_(self.head.weight)  # fairseq's Linear
         nn.init.zeros_(self.head.bias)
+        self.beam_search = None  # lm.BeamSearch once use_language_model is called; None: greedy decoding
+
+    def use_language_model(self, lm, **options) -> None:
+        """Decode predictions by beam search with the word n-gram model `lm` (lm.BeamSearch's options)."""
+        from .lm import BeamSearch
+
+        self.beam_search = BeamSearch(self.letters, lm, **options)
+
+    @property
+    def decoding(self) -> dict:
+        return {"kind": "greedy"} if self.beam_search is None else {"kind": "beam search", **self.beam_search.settings}
 
     def log_probs(self, batch: dict) -> Tensor:
         x = encode_clips(self.encoder, batch, self.encoder_context())  # (B, T, D)
@@ -62,7 +74,10 @@ class SpeechRecognizer(TaskObjective):
         return self.log_probs({"inputs": waves})
 
     def predict(self, batch: dict) -> list[str]:
-        best = self.log_probs(batch).argmax(-1).cpu()  # (B, T)
+        log_probs = self.log_probs(batch).cpu()  # (B, T, letters)
+        if self.beam_search is not None:
+            return [self.beam_search(row[:int(n)]) for row, n in zip(log_probs, batch["frames"].cpu())]
+        best = log_probs.argmax(-1)  # (B, T)
         return [greedy_text(row[:int(n)].tolist(), self.letters) for row, n in zip(best, batch["frames"].cpu())]
 
 
