@@ -27,7 +27,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
 
-import torch
 from torch import Tensor
 
 from ...errors import DataError
@@ -135,6 +134,12 @@ def arpa_words(path: Path) -> list[str]:
     return words
 
 
+def is_arpa(path: Path) -> bool:
+    """Whether a language model file is ARPA text (it opens with \\data\\), not a KenLM binary."""
+    with open(path, "rb") as f:
+        return f.read(64).lstrip().startswith(b"\\data\\")
+
+
 def lexicon_words(path: Path) -> list[str]:
     """A lexicon's words: the first field of each line (a word list, or flashlight's lexicon: the
     word, then its spelling)."""
@@ -180,7 +185,7 @@ class BeamSearch:
             raise DataError(f"--beam {beam}: must be >= 1")
         if lexicon is not None:
             words = lexicon_words(Path(lexicon))
-        elif lm.read_bytes()[:64].lstrip().startswith(b"\\data\\"):
+        elif is_arpa(lm):
             words = arpa_words(lm)
         else:
             raise DataError(f"--lm {lm}: a binary KenLM file; give --lexicon (its words, one per line)")
@@ -189,7 +194,6 @@ class BeamSearch:
         if not spelled:
             raise DataError(f"no word of the lexicon ({len(words)} words) is spelled with the model's letters "
                             f"{''.join(letters[1:])!r} (letter case matters)")
-        self.left_out = len(set(words)) - len(spelled)
         self.letters, self.space = letters, letters.index(" ")
         self.words = Dictionary()
         for w in [UNKNOWN] + spelled:
@@ -213,6 +217,7 @@ class BeamSearch:
         self.decoder = LexiconDecoder(options, self.trie, self.lm, self.space, 0, self.words.get_index(UNKNOWN), [],
                                       False)
         self.settings = {"lm": str(lm), "lexicon": str(lexicon) if lexicon else None, "words": len(spelled),
+                         "words_left_out": len(set(words)) - len(spelled),
                          "beam": beam, "lm_weight": lm_weight, "word_score": word_score,
                          "beam_threshold": beam_threshold}
 
@@ -223,4 +228,3 @@ class BeamSearch:
         if not best:
             return ""
         return " ".join(self.words.get_entry(i) for i in best[0].words if i >= 0)
-
