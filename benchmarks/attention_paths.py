@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 
 SHAPES = [(15, 3), (50, 3), (64, 4), (64, 12), (100, 12), (200, 12), (400, 12), (800, 12)]  # (tokens, heads), head dim 64
 
@@ -56,7 +56,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"benchmark": "attention_paths", "forward_backward": "fp32", "rows": rows,
-                       "machine": machine()}, f, indent=1)
+                       "header": results_header("fp32")}, f, indent=1)
             f.write("\n")
 
 

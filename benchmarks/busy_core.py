@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 
 # name -> (environment, overrides)
 SETTINGS = {
@@ -63,7 +63,7 @@ def main() -> None:
                          "slowdown": round(busy / quiet, 2)}
         print(json.dumps({name: results[name]}), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"machine": machine(), "updates": args.updates, "results": results},
+        Path(args.out).write_text(json.dumps({"header": results_header("fp32"), "updates": args.updates, "results": results},
                                              indent=2) + "\n")
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 from data2vec2.finetune import training_and_validation
 from data2vec2.modalities import MODALITIES
 from data2vec2.modalities.audio.ctc import greedy_text
@@ -100,12 +99,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         results = [evaluate(c, args.order, Path(folder)) for c in args.checkpoints]
-    import flashlight.lib.text  # noqa: F401  (its version, below)
     from importlib.metadata import version
 
     out = {"benchmark": "CTC decoding: greedy vs beam search with a word 3-gram model",
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv), **machine(),
-           "precision": "fp32", "flashlight_text": version("flashlight-text"), "beam": 50, "results": results}
+           "header": {**results_header("fp32"), "flashlight_text": version("flashlight-text")}, "beam": 50,
+           "results": results}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
 

@@ -35,7 +35,7 @@ import torch
 from recorded import TEXT_TINY_AS_RECORDED
 
 from data2vec2 import build_model, load_config, load_encoder_and_config, pretrain
-from data2vec2.benchmark import machine, time_updates
+from data2vec2.benchmark import results_header, time_updates
 from data2vec2.eval.probe import linear_probe
 from data2vec2.modalities import MODALITIES
 from data2vec2.train.flops import count_update_flops
@@ -364,7 +364,7 @@ def main() -> None:
               "speedup": speedups(best, "probe_test") if "data2vec2" in best else {},
               "finetune_last": {name: {k: run["points"][-1].get(k) for k in ("finetune_val", "finetune_test")}
                                 for name, run in best.items()},
-              "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+              "header": results_header("fp32")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import auto_precision, results_header
 
 RUN = """
 import resource, sys
@@ -62,11 +62,10 @@ def main() -> None:
             rows.append({"images": n, "peak_rss_mb": round(main_kib / 1024), "worker_peak_rss_mb": round(worker_kib / 1024),
                          "seconds": round(time.perf_counter() - start, 1)})
             print(json.dumps(rows[-1]), flush=True)
-    result = {"benchmark": "finetune_memory", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "command": " ".join(sys.argv), "updates": args.updates, "rows": rows,
+    result = {"benchmark": "finetune_memory", "header": results_header(auto_precision()), "updates": args.updates,
+              "rows": rows,
               "peak_ratio_largest_to_smallest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3),
-              "worker_peak_ratio": round(rows[-1]["worker_peak_rss_mb"] / rows[0]["worker_peak_rss_mb"], 3),
-              **machine()}
+              "worker_peak_ratio": round(rows[-1]["worker_peak_rss_mb"] / rows[0]["worker_peak_rss_mb"], 3)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"peak_ratio": result["peak_ratio_largest_to_smallest"]}))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 from data2vec2.finetune import finetune, load_finetune_config
 from data2vec2.modalities import MODALITIES
 
@@ -69,7 +69,7 @@ def main() -> None:
               "train_images": args.train_images, "val_images": args.val_images, "encoders": list(inits),
               "rows": rows, "mean_val": [{"lr": k[0], "layer_decay": k[1], "val": v} for k, v in means.items()],
               "chosen": {"lr": lr, "layer_decay": decay, "mean_val": best},
-              "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+              "header": results_header("fp32")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["chosen"]))

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from data2vec2.benchmark import HEADER_KEYS
 
 
 def summary(run: Path) -> dict:
@@ -44,8 +47,11 @@ def main() -> None:
         else:  # --seeds / --lrs: one folder per run
             runs[name] = {run.name: summary(run) for run in sorted((args.run / name).iterdir())
                           if (run / "results.json").exists()}
-    out = {"benchmark": "finetune", "collected": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "collect_command": " ".join(sys.argv), "comparison": comparison, "metric": comparison["metric"],
+    # the header: the machine, code, date and command of the (first) pre-trained init's run
+    first = runs["pretrained"] if "date" in runs["pretrained"] else next(iter(runs["pretrained"].values()))
+    header = {k: first[k] for k in HEADER_KEYS + ("cpu_flags", "gpu") if k in first}
+    out = {"benchmark": "finetune", "header": header, "collected": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "collect_command": shlex.join(["python"] + sys.argv), "comparison": comparison, "metric": comparison["metric"],
            "gain": comparison["gain"], **runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data2vec2 import load_config
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 from data2vec2.modalities import MODALITIES
 from data2vec2.train.setup import setup_training
 from data2vec2.train.step import train_step
@@ -50,8 +50,8 @@ def main() -> None:
            "pairs": args.pairs, "unsharded_step_s": round(float(np.median(seconds[False])), 4),
            "fsdp_step_s": round(float(np.median(seconds[True])), 4),
            "fsdp_over_unsharded": round(float(np.median(ratios)), 3),
-           "ratio_quartiles": [round(float(q), 3) for q in np.percentile(ratios, [25, 75])], "versions": machine()}
-    print(json.dumps({k: v for k, v in row.items() if k != "versions"}))
+           "ratio_quartiles": [round(float(q), 3) for q in np.percentile(ratios, [25, 75])], "header": results_header(str(training.dtype).replace("torch.", ""))}
+    print(json.dumps({k: v for k, v in row.items() if k != "header"}))
     if args.out:
         args.out.write_text(json.dumps(row, indent=2) + "\n")
 

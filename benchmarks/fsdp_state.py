@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from data2vec2 import load_config
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 from data2vec2.modalities import MODALITIES
 from data2vec2.train import distributed
 from data2vec2.train.distributed import local_part
@@ -66,7 +66,7 @@ def main() -> None:
         if args.out:
             old = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
             kept = [r for r in old["rows"] if (r["preset"], r["processes"]) != (args.preset, world)]
-            args.out.write_text(json.dumps({"rows": kept + [row], "versions": machine()}, indent=2) + "\n")
+            args.out.write_text(json.dumps({"rows": kept + [row], "header": results_header("fp32")}, indent=2) + "\n")
     distributed.barrier()
     distributed.cleanup()
 

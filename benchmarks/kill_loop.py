@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from recorded import TEXT_TINY_AS_RECORDED
 
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 
 # Each tiny preset, smaller, with its dropouts on (image-tiny has none: drop path 0.1 is added).
 RUNS = {
@@ -163,7 +163,7 @@ def main() -> None:
         results[modality] = {"preset": preset, "overrides": COMMON + overrides, "kills": kills,
                              "uninterrupted_s": seconds, **compare(reference, resumed)}
         print(json.dumps({modality: results[modality]}, indent=2), flush=True)
-    report = {"machine": machine(), "steps": args.steps,
+    report = {"header": results_header("fp32"), "steps": args.steps,
               "seed": args.seed, "results": results}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

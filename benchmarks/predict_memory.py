@@ -15,13 +15,12 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import auto_precision, results_header
 
 RUN = """
 import resource, sys
@@ -56,9 +55,8 @@ def main() -> None:
                          "worker_peak_rss_mb": round(int(workers) / 1024, 1), "images_per_s": float(rate)})
             print(json.dumps(rows[-1]), flush=True)
     first, last = rows[0]["peak_rss_mb"], rows[-1]["peak_rss_mb"]
-    result = {"benchmark": "predict peak memory against the number of inputs", "model": args.model, "rows": rows,
-              "growth": round(last / first - 1, 4), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "command": " ".join(sys.argv), **machine()}
+    result = {"benchmark": "predict peak memory against the number of inputs", "header": results_header(auto_precision()),
+              "model": args.model, "rows": rows, "growth": round(last / first - 1, 4)}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"peak RSS {first} MB for {rows[0]['images']} images, {last} MB for {rows[-1]['images']} "
           f"({result['growth']:+.1%})")

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 from data2vec2.modalities import MODALITIES
 from data2vec2.onnx_export import export_finetuned_onnx
 from data2vec2.predict import load_model, predict
@@ -64,9 +61,7 @@ def main() -> None:
         row["onnx"] = onnx_speed(model, inputs, model.config.train.batch_size)
         print(json.dumps(row), flush=True)
         results.append(row)
-    out = {"benchmark": "predict throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "command": " ".join(sys.argv), **machine(), "torch_threads": torch.get_num_threads(),
-           "numpy": np.__version__, "results": results}
+    out = {"benchmark": "predict throughput", "header": results_header("fp32 and bf16 (each row's)"), "results": results}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
 

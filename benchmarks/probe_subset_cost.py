@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from data2vec2 import load_encoder_and_config
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 from data2vec2.eval.probe import linear_probe
 from data2vec2.modalities import MODALITIES
 from data2vec2.modalities.image.evaluate import features_for
@@ -56,7 +56,7 @@ def main() -> None:
             100 * (results["pretrained"][str(n)]["probe_acc"] - results["random"][str(n)]["probe_acc"]), 2)
     print(json.dumps(results["gain_points"]))
     if args.out:
-        Path(args.out).write_text(json.dumps({"machine": machine(), "model": args.model, "results": results},
+        Path(args.out).write_text(json.dumps({"header": results_header("fp32"), "model": args.model, "results": results},
                                              indent=2) + "\n")
 
 

@@ -9,14 +9,13 @@ Tomatoes' training split and scored on dev and test.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 from pathlib import Path
 
 import torch
 
 from data2vec2 import load_encoder_and_config
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 from data2vec2.eval.probe import linear_probe
 from data2vec2.modalities.text.data import load_tokenizer
 from data2vec2.modalities.text.classification import CLASSIFICATION
@@ -54,7 +53,7 @@ def main() -> None:
                            epochs=EPOCHS, min_steps=MIN_STEPS)
         result[split] = fit.test_accuracy
         result[f"{split}_weight_decay"] = fit.weight_decay
-    result.update({"machine": machine(), "date": datetime.date.today().isoformat()})
+    result["header"] = results_header("fp32")
     print(f"bag of words ({result['features']} BPE tokens): dev {result['dev']:.2%}, test {result['test']:.2%}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -23,6 +23,7 @@ import torch
 from recorded import TEXT_TINY_AS_RECORDED
 
 from data2vec2 import load_config, pretrain
+from data2vec2.benchmark import auto_precision, results_header
 from data2vec2.finetune import finetune_runs
 from data2vec2.modalities import MODALITIES
 
@@ -48,7 +49,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     first, last = losses[:100], losses[-100:]
-    result = {"updates": args.updates, "pretrain_seconds": round(seconds, 1), "loss_first_100": sum(first) / len(first),
+    result = {"header": results_header(auto_precision()), "updates": args.updates, "pretrain_seconds": round(seconds, 1), "loss_first_100": sum(first) / len(first),
               "loss_last_100": sum(last) / len(last)}
     result["finetune"] = finetune_runs("text-cls-tiny", [f"finetune.init={run}", f"data.cache_dir={args.cache}",
                                                          f"train.threads={args.threads}"],

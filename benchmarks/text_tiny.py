@@ -12,14 +12,13 @@ this machine's CPU flags (run it on the machine that pre-trained)."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import re
 from pathlib import Path
 
 import yaml
 
-from data2vec2.benchmark import machine
+from data2vec2.benchmark import results_header
 from data2vec2.train.logger import read_metrics
 
 
@@ -99,7 +98,7 @@ def main() -> None:
         out["pretraining"].update(precision_line(args.pretrain_log))
     out["pretraining_seconds"] = out["pretraining"]["seconds"]
     out.update(results)
-    out.update({"hardware": machine(), "date": datetime.date.today().isoformat()})
+    out["header"] = results_header(out["pretraining"].get("precision_used") or out["pretraining"]["precision"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"{line}; pre-training {out['pretraining_seconds']:.0f} s -> {args.out}")

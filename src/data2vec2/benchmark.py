@@ -11,9 +11,10 @@ processes on a shared machine slows both sides of the ratio alike; the median ra
 from __future__ import annotations
 
 import copy
-
 import platform
 import resource
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,3 +111,39 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+# The header of every results file (docs/results/*.json under "header"; each line of a JSON-lines
+# file at its top level): what ran, when, on which machine, in which precision, with which code.
+HEADER_KEYS = ("date", "command", "commit", "cpu", "threads", "precision", "torch", "python", "data2vec2")
+
+
+def results_header(precision: str, command: list[str] | None = None) -> dict:
+    """The standard header: the date (UTC), the exact command (this process's by default), the
+    machine() facts (CPU and its flags, or the GPU; threads; versions; commit) and the precision
+    ("fp32", "bf16", or what the file's rows say when they differ)."""
+    if command is None:
+        argv = list(sys.argv)
+        if argv and argv[0].endswith(".py"):
+            argv = ["python", str(Path(argv[0]).relative_to(Path.cwd())) if Path(argv[0]).is_absolute()
+                    and Path(argv[0]).is_relative_to(Path.cwd()) else argv[0]] + argv[1:]
+        elif argv:
+            argv = ["data2vec2"] + argv[1:]  # (the console script, or python -m data2vec2)
+        command = argv
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": shlex.join(command), **machine(),
+            "precision": precision, "numpy": np.__version__}
+
+
+def auto_precision() -> str:
+    """What train.precision=auto (and predict --precision auto) runs in on this machine's CPU."""
+    from .train.setup import pick_dtype
+
+    return "bf16" if pick_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
+
+
+def missing_header(header: dict) -> list[str]:
+    """The header keys `header` lacks or leaves empty (a CPU's flags or a GPU's name included)."""
+    missing = [k for k in HEADER_KEYS if header.get(k) in (None, "", [])]
+    if not header.get("cpu_flags") and not header.get("gpu"):
+        missing.append("cpu_flags or gpu")
+    return missing

@@ -139,13 +139,10 @@ def cmd_predict(args) -> None:
     print(f"[data2vec2] predicted {summary['predicted']}, skipped {summary['skipped']} in {summary['seconds']:.1f} s "
           f"({summary['per_second']} per second){scores}" + (f" -> {out}" if out else ""), file=sys.stderr)
     if args.summary:  # the numbers with what produced them
-        import time
+        from .benchmark import results_header
 
-        from .benchmark import machine
-
-        record = {"model": str(args.model), "inputs": list(args.inputs), **summary, "batch_size": args.batch_size,
-                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "command": " ".join(sys.argv), **machine()}
+        record = {"header": results_header(summary["precision"]), "model": str(args.model), "inputs": list(args.inputs),
+                  **summary, "batch_size": args.batch_size}
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary).write_text(json.dumps(record, indent=1) + "\n")
 
@@ -182,7 +179,7 @@ def cmd_import_fairseq(args) -> None:
 
 
 def cmd_benchmark(args) -> None:
-    from .benchmark import machine, time_updates
+    from .benchmark import results_header, time_updates
     from .finetune import load_finetune_config
     from .modalities import MODALITIES
 
@@ -199,7 +196,8 @@ def cmd_benchmark(args) -> None:
             config = load_finetune_config(args.preset, overrides + settings, MODALITIES)
             result = time_updates(config, MODALITIES[config.model.modality], args.steps,
                                   warmup=3 if compiled == "on" else 1)
-            line = json.dumps({"preset": config.name, "overrides": overrides, **result, **machine()})
+            line = json.dumps({"preset": config.name, "overrides": overrides, **result,
+                               **results_header(result["precision"])})
             print(line, flush=True)
             if args.out:
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -29,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .config import Config, _merge, config_from_dict, config_to_dict, preset_values
 from .errors import ConfigError, DataError
 from .model import build_encoder
@@ -328,17 +324,15 @@ def final_results(training: Training, task: "Task", parts: dict, best: dict | No
         splits[spec] = task.data(config, spec, parts["labels"], False)
     scores = {name: evaluate(training.model, task, data, parts["labels"], config, training.device, training.autocast)
               for name, data in splits.items()}
-    from .benchmark import machine
+    from .benchmark import results_header
 
     metric = chosen_metric(config, task)
     results = {"task": task.name, "metric": metric, "higher_is_better": metric not in task.lower_is_better,
                "best_step": best["step"] if best else None,
                "scores": scores, "labels": parts["labels"], "init": config.finetune.init,
                "random_init": config.finetune.random_init, "train": config.data.train,
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
-               "precision": str(training.dtype).replace("torch.", ""), "processes": training.dist.world_size,
-               **machine(), "commit": parts["commit"], "data2vec2": __version__,
-               "python": platform.python_version()}
+               "processes": training.dist.world_size,
+               **results_header(str(training.dtype).replace("torch.", "")), "commit": parts["commit"]}
     if training.dist.is_main:
         tmp = run_dir / ".results.json.tmp"
         tmp.write_text(json.dumps(results, indent=1) + "\n")
