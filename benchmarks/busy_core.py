@@ -63,7 +63,8 @@ def main() -> None:
                          "slowdown": round(busy / quiet, 2)}
         print(json.dumps({name: results[name]}), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"header": results_header("fp32"), "updates": args.updates, "results": results},
+        Path(args.out).write_text(json.dumps({"header": results_header("fp32"), "updates": args.updates,
+                                               "results": results},
                                              indent=2) + "\n")
 
 

@@ -79,7 +79,8 @@ def evaluate(checkpoint: str, order: int, folder: Path) -> dict:
         scores, targets = log_probs(model, task.data(config, split, model.labels, False))
         plain = [greedy(s) for s in scores]
         result = {"clips": len(targets), "greedy": rates(plain, targets)}
-        for name, (weight, word) in {"chosen": (best["lm_weight"], best["word_score"]), "defaults": (2.0, -1.0)}.items():
+        settings = {"chosen": (best["lm_weight"], best["word_score"]), "defaults": (2.0, -1.0)}
+        for name, (weight, word) in settings.items():
             outputs, seconds = decode(BeamSearch(model.labels, lm, beam=50, lm_weight=weight, word_score=word), scores)
             result[name] = {"lm_weight": weight, "word_score": word, **rates(outputs, targets),
                             "changed": round(sum(a != b for a, b in zip(outputs, plain)) / len(plain), 4),

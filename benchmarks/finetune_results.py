@@ -51,7 +51,8 @@ def main() -> None:
     first = runs["pretrained"] if "date" in runs["pretrained"] else next(iter(runs["pretrained"].values()))
     header = {k: first[k] for k in HEADER_KEYS + ("cpu_flags", "gpu") if k in first}
     out = {"benchmark": "finetune", "header": header, "collected": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "collect_command": shlex.join(["python"] + sys.argv), "comparison": comparison, "metric": comparison["metric"],
+           "collect_command": shlex.join(["python"] + sys.argv), "comparison": comparison,
+           "metric": comparison["metric"],
            "gain": comparison["gain"], **runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

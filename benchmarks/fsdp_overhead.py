@@ -50,7 +50,8 @@ def main() -> None:
            "pairs": args.pairs, "unsharded_step_s": round(float(np.median(seconds[False])), 4),
            "fsdp_step_s": round(float(np.median(seconds[True])), 4),
            "fsdp_over_unsharded": round(float(np.median(ratios)), 3),
-           "ratio_quartiles": [round(float(q), 3) for q in np.percentile(ratios, [25, 75])], "header": results_header(str(training.dtype).replace("torch.", ""))}
+           "ratio_quartiles": [round(float(q), 3) for q in np.percentile(ratios, [25, 75])],
+           "header": results_header(str(training.dtype).replace("torch.", ""))}
     print(json.dumps({k: v for k, v in row.items() if k != "header"}))
     if args.out:
         args.out.write_text(json.dumps(row, indent=2) + "\n")

@@ -55,8 +55,8 @@ def main() -> None:
                          "worker_peak_rss_mb": round(int(workers) / 1024, 1), "images_per_s": float(rate)})
             print(json.dumps(rows[-1]), flush=True)
     first, last = rows[0]["peak_rss_mb"], rows[-1]["peak_rss_mb"]
-    result = {"benchmark": "predict peak memory against the number of inputs", "header": results_header(auto_precision()),
-              "model": args.model, "rows": rows, "growth": round(last / first - 1, 4)}
+    result = {"benchmark": "predict peak memory against the number of inputs",
+              "header": results_header(auto_precision()), "model": args.model, "rows": rows, "growth": round(last / first - 1, 4)}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"peak RSS {first} MB for {rows[0]['images']} images, {last} MB for {rows[-1]['images']} "
           f"({result['growth']:+.1%})")

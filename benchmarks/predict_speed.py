@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from data2vec2.benchmark import results_header
 from data2vec2.modalities import MODALITIES
 from data2vec2.onnx_export import export_finetuned_onnx
@@ -61,7 +60,8 @@ def main() -> None:
         row["onnx"] = onnx_speed(model, inputs, model.config.train.batch_size)
         print(json.dumps(row), flush=True)
         results.append(row)
-    out = {"benchmark": "predict throughput", "header": results_header("fp32 and bf16 (each row's)"), "results": results}
+    out = {"benchmark": "predict throughput", "header": results_header("fp32 and bf16 (each row's)"),
+           "results": results}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
 

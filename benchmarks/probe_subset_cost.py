@@ -56,7 +56,8 @@ def main() -> None:
             100 * (results["pretrained"][str(n)]["probe_acc"] - results["random"][str(n)]["probe_acc"]), 2)
     print(json.dumps(results["gain_points"]))
     if args.out:
-        Path(args.out).write_text(json.dumps({"header": results_header("fp32"), "model": args.model, "results": results},
+        Path(args.out).write_text(json.dumps({"header": results_header("fp32"), "model": args.model,
+                                               "results": results},
                                              indent=2) + "\n")
 
 

@@ -49,7 +49,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     first, last = losses[:100], losses[-100:]
-    result = {"header": results_header(auto_precision()), "updates": args.updates, "pretrain_seconds": round(seconds, 1), "loss_first_100": sum(first) / len(first),
+    result = {"header": results_header(auto_precision()),
+              "updates": args.updates, "pretrain_seconds": round(seconds, 1), "loss_first_100": sum(first) / len(first),
               "loss_last_100": sum(last) / len(last)}
     result["finetune"] = finetune_runs("text-cls-tiny", [f"finetune.init={run}", f"data.cache_dir={args.cache}",
                                                          f"train.threads={args.threads}"],

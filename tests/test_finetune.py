@@ -530,8 +530,8 @@ def test_speech_predictions_decode_with_a_word_language_model(audio_init, labell
     run(TASKS[("audio", "ctc")][0], TASKS[("audio", "ctc")][1] + tiny + [f"data.train={manifest}"], tmp_path / "ctc")
     assert main(["ngram", str(manifest), "--order", "2", "--out", str(tmp_path / "lm.arpa")]) == 0
     out, summary = tmp_path / "p.jsonl", tmp_path / "summary.json"
-    assert main(["predict", str(tmp_path / "ctc"), str(manifest), "--lm", str(tmp_path / "lm.arpa"), "--word-score", "5",
-                 "--out", str(out), "--summary", str(summary), "--no-progress"]) == 0
+    assert main(["predict", str(tmp_path / "ctc"), str(manifest), "--lm", str(tmp_path / "lm.arpa"),
+                 "--word-score", "5", "--out", str(out), "--summary", str(summary), "--no-progress"]) == 0
     words = {w for line in manifest.read_text().splitlines() for w in line.split("\t")[2].split()}
     transcripts = [json.loads(line)["transcript"] for line in out.read_text().splitlines()]
     assert len(transcripts) == 24 and any(transcripts) and all(set(t.split()) <= words for t in transcripts)
@@ -543,7 +543,8 @@ def test_speech_predictions_decode_with_a_word_language_model(audio_init, labell
     assert "--lexicon goes with --lm" in capsys.readouterr().err
     run(TASKS[("audio", "classification")][0], TASKS[("audio", "classification")][1] + tiny +
         [f"data.train={labelled_audio['classes']}"], tmp_path / "cls")
-    assert main(["predict", str(tmp_path / "cls"), str(labelled_audio["classes"]), "--lm", str(tmp_path / "lm.arpa")]) == 2
+    assert main(["predict", str(tmp_path / "cls"), str(labelled_audio["classes"]),
+                 "--lm", str(tmp_path / "lm.arpa")]) == 2
     assert "task (audio classification) does not decode with a language model" in capsys.readouterr().err
 
 

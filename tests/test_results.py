@@ -1,4 +1,4 @@
-"""The evidence files: every results file under docs/results/ and every line of docs/benchmarks/*.jsonl
+"""The evidence files: the docs' tables are rendered from them (benchmarks/render_docs.py); every results file under docs/results/ and every line of docs/benchmarks/*.jsonl
 carries the standard header (data2vec2.benchmark.HEADER_KEYS: date, command, commit, CPU and its
 flags or GPU, threads, precision, versions), and every benchmark script writes it."""
 
@@ -34,6 +34,18 @@ def test_every_benchmark_script_writes_the_header():
     assert len(writers) >= 15
     lacking = [p.name for p in writers if "results_header" not in p.read_text() and "HEADER_KEYS" not in p.read_text()]
     assert not lacking, lacking
+
+
+def test_the_docs_tables_are_rendered_from_their_results_files():
+    """benchmarks/render_docs.py --check: every marked table equals what its results file renders to."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_docs", ROOT / "benchmarks" / "render_docs.py")
+    render_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_docs)
+    marked = sum(len(render_docs.MARKER.findall(p.read_text())) for p in render_docs.documents())
+    assert marked >= 6
+    assert render_docs.main(["--check"]) == 0, "run: python benchmarks/render_docs.py"
 
 
 def test_the_header_holds_the_command_the_machine_and_the_precision(monkeypatch):

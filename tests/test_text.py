@@ -356,7 +356,7 @@ def test_text_tiny_results_collector_checks_the_run_and_computes_the_gains(tmp_p
     p = out["pretraining"]
     assert (p["updates"], p["seconds"], p["tokens_seen"], p["precision_used"], p["matmul_peak_gflops"]) == \
         (50, 5.0, 50 * 32 * 64, "bfloat16", 397.0)
-    assert out["pretraining_seconds"] == 5.0 and "cpu_flags" in out["hardware"]
+    assert out["pretraining_seconds"] == 5.0 and "cpu_flags" in out["header"]
     probe["model"] = str(tmp_path / "another-run")
     (tmp_path / "probe.json").write_text(json.dumps(probe))
     refused = subprocess.run(args, capture_output=True, text=True)

@@ -124,11 +124,11 @@ def results_header(precision: str, command: list[str] | None = None) -> dict:
     ("fp32", "bf16", or what the file's rows say when they differ)."""
     if command is None:
         argv = list(sys.argv)
-        if argv and argv[0].endswith(".py"):
+        if argv and argv[0].endswith(".py") and not argv[0].endswith("__main__.py"):
             argv = ["python", str(Path(argv[0]).relative_to(Path.cwd())) if Path(argv[0]).is_absolute()
                     and Path(argv[0]).is_relative_to(Path.cwd()) else argv[0]] + argv[1:]
         elif argv:
-            argv = ["data2vec2"] + argv[1:]  # (the console script, or python -m data2vec2)
+            argv = ["data2vec2"] + argv[1:]  # (the console script, or python -m data2vec2: its __main__.py)
         command = argv
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": shlex.join(command), **machine(),
             "precision": precision, "numpy": np.__version__}

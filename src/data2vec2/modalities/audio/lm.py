@@ -202,7 +202,8 @@ class BeamSearch:
             with quiet_stderr():  # (KenLM draws a progress bar of stars while it reads an ARPA file)
                 self.lm = KenLM(str(lm), self.words)
         except Exception as e:  # KenLM reports a bad file as a RuntimeError with its parser's message
-            raise DataError(f"--lm {lm}: KenLM cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"--lm {lm}: KenLM cannot read it ({reason})") from None
         index = {c: i for i, c in enumerate(letters)}
         self.trie = Trie(len(letters), self.space)
         start = self.lm.start(False)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ...benchmark import auto_precision, results_header
 from ...config import load_config
 from ...eval.knn import knn_accuracy
 from ...eval.probe import linear_probe
@@ -108,7 +109,9 @@ def run_demo(modality, out: str | Path = "runs/demo", overrides: list[str] | Non
     eval_seconds = time.perf_counter() - t0
 
     plot_loss(run_dir / "metrics.jsonl", out / "loss_curve.png")
+    precision = auto_precision() if config.train.precision == "auto" else config.train.precision
     summary = {
+        "header": results_header(precision),
         "probe_acc_pretrained": pre["probe_acc"],
         "probe_acc_random": rnd["probe_acc"],
         "probe_acc_pixels": pix.test_accuracy,
