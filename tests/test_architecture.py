@@ -87,6 +87,20 @@ def test_the_core_never_imports_a_modality():
     assert not bad, "\n".join(bad)
 
 
+def test_the_building_blocks_import_nothing_above_them():
+    """nn/ (blocks, decoders, EMA) imports no trainer, objective or modality; a modality's encoder
+    imports no trainer: the arrows run down only."""
+    above = {"nn": ("train", "objectives", "modalities"), "modalities.*.encoder": ("train",)}
+    bad = []
+    for a, bs in graph().items():
+        parts = a.split(".")[1:]
+        for layer, banned in above.items():
+            pattern = layer.split(".")
+            if len(parts) >= len(pattern) and all(x in ("*", y) for x, y in zip(pattern, parts)):
+                bad += [f"{a} -> {b}" for b in bs if b.split(".")[1:2] and b.split(".")[1] in banned]
+    assert not bad, "\n".join(bad)
+
+
 def _strings(node: ast.AST) -> list[str]:
     """The string constants of a comparison operand (directly or inside a tuple, list or set)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):

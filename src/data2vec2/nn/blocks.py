@@ -150,3 +150,11 @@ def run_blocks(blocks: nn.ModuleList, x: Tensor, layerdrop: float = 0.0, attn_bi
         x, ffn = block(x, attn_bias, padding_mask)
         ffn_outputs.append(ffn)
     return x, ffn_outputs
+
+
+def blocks_forward_flops(rows: int, tokens: int, dim: int, mlp_ratio: float, depth: int) -> float:
+    """Forward FLOPs of `depth` transformer blocks on `rows` sequences of `tokens` tokens. Each
+    modality adds its local encoder and decoder to this (its `step_flops`; train/flops.py's convention)."""
+    linear = 2 * rows * tokens * dim * dim * (4 + 2 * mlp_ratio)  # qkv + proj + 2 MLP matmuls
+    attention = 2 * 2 * rows * tokens * tokens * dim  # scores + weighted sum
+    return depth * (linear + attention)

@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from ..train.distributed import local_part
+from .sharded import local_part
 
 
 def ema_decay(step: int, decay: float, end_decay: float, anneal_steps: int) -> float:

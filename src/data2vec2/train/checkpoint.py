@@ -26,7 +26,8 @@ except ImportError:  # not POSIX
 import torch
 
 from ..errors import TrainingError
-from .distributed import all_gather_objects, barrier, local_part
+from ..nn.sharded import local_part
+from .distributed import all_gather_objects, barrier
 
 STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")  # a file, or a sharded checkpoint's folder
 STATE_FILE = "state.pt"  # in a sharded checkpoint's folder: all but the model and optimizer

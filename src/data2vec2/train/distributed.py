@@ -10,11 +10,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # torch < 2.5: no sharded parameters (and no train.fsdp)
-    DTensor = ()
-
 
 @dataclass
 class DistInfo:
@@ -64,11 +59,6 @@ def all_reduce_max(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
-
-
-def local_part(t: torch.Tensor) -> torch.Tensor:
-    """The part of a sharded (FSDP) tensor this process holds; any other tensor as it is."""
-    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def all_gather_objects(obj) -> list:

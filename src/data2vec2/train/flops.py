@@ -13,14 +13,6 @@ import time
 import torch
 
 
-def blocks_forward_flops(rows: int, tokens: int, dim: int, mlp_ratio: float, depth: int) -> float:
-    """Forward FLOPs of `depth` transformer blocks on `rows` sequences of `tokens` tokens. Each
-    modality adds its local encoder and decoder to this (its `step_flops`)."""
-    linear = 2 * rows * tokens * dim * dim * (4 + 2 * mlp_ratio)  # qkv + proj + 2 MLP matmuls
-    attention = 2 * 2 * rows * tokens * tokens * dim  # scores + weighted sum
-    return depth * (linear + attention)
-
-
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 0, seconds: float = 0.5) -> float:
     """Dense matmul throughput (FLOP/s) of this machine in `dtype`, measured now. On a GPU the
     matrices are 8192 x 8192 and the host waits once per 10 products (a 2048 x 2048 product takes

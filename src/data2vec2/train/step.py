@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import TrainingError
+from ..nn.sharded import DTensor
 from . import distributed
 from .setup import Training
 
@@ -73,7 +74,7 @@ def train_step(training: Training, micro_batches: list[dict], step: int, with_me
     # the norm before clipping; after DDP's all-reduce it is the same on every process (sharded
     # gradients: a replicated DTensor, whose full value every process has)
     grad_norm = torch.nn.utils.clip_grad_norm_(trained, clip if clip > 0 else float("inf"))
-    grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, distributed.DTensor) else grad_norm
+    grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
     # the update's one wait for the device: this process's summed loss and the norm, copied together
     local_loss, grad_norm = torch.stack([loss_total, grad_norm.to(loss_total.dtype)]).cpu().unbind()
     loss = float(distributed.all_reduce_sum(local_loss)) / float(count)

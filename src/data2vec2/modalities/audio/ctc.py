@@ -27,7 +27,7 @@ from ...errors import DataError
 from ...finetune import TaskObjective
 from ...model import LossOutput
 from ...modality import Task, TaskData
-from ...train.flops import blocks_forward_flops
+from ...nn.blocks import blocks_forward_flops
 from .encoder import cnn_flops, pos_conv_flops
 from .labelled import ClipCollate, LabelledClips, encode_clips, freeze_cnn, open_labelled
 from .labelled import prediction_inputs as labelled_inputs

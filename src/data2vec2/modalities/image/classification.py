@@ -32,7 +32,7 @@ from ...data.collate import Collate, Stream, sample_rng
 from ...encoder import Encoder
 from ...errors import DataError
 from ...finetune import TaskObjective
-from ...train.flops import blocks_forward_flops
+from ...nn.blocks import blocks_forward_flops
 from ...model import LossOutput
 from ...modality import Task, TaskData
 from ...predict import describe_classes, expand_paths

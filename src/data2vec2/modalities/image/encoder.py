@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ...encoder import LocalEncoder
 from ...masking import num_masked
 from ...nn.decoders import Decoder2d, TransformerDecoder
-from ...train.flops import blocks_forward_flops
+from ...nn.blocks import blocks_forward_flops
 
 
 @dataclass

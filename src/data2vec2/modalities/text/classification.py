@@ -38,7 +38,7 @@ from ...finetune import TaskObjective
 from ...model import LossOutput
 from ...modality import Task, TaskData
 from ...predict import describe_classes
-from ...train.flops import blocks_forward_flops
+from ...nn.blocks import blocks_forward_flops
 from .data import load_tokenizer
 from .hf import export_classifier_hf
 from .encoder import PAD

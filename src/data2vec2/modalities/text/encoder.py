@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ...encoder import LocalEncoder, init_bert
 from ...masking import num_masked
 from ...nn.decoders import Decoder1d
-from ...train.flops import blocks_forward_flops
+from ...nn.blocks import blocks_forward_flops
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3  # RoBERTa's special-token layout
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
