@@ -40,8 +40,8 @@ def efficiency(data: dict) -> list[str]:
     last = [r["points"][-1] for r in runs]
     finetuned = any("finetune_test" in p for p in last)
     head = ["objective", "lr", "GFLOP / update", "updates", f"seconds (of {budget})",
-            "probe test at 1/8, 1/4, 1/2, all", "probe validation, all"] + (["fine-tuned val / test (last)"] if finetuned
-                                                                            else [])
+            "probe test at 1/8, 1/4, 1/2, all", "probe validation, all"]
+    head += ["fine-tuned val / test (last)"] if finetuned else []
     lines = [row(head), row(["---"] + ["---:"] * 4 + ["---"] + ["---:"] * (len(head) - 6))]
     for run, end in zip(runs, last):
         curve = ", ".join(pct(p.get("probe_test")) for p in run["points"][:-1])

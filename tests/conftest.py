@@ -1,49 +1,33 @@
 """Shared fixtures: small real data for each modality, prepared once per session, and a tiny
 configuration of each modality's tiny preset that runs its real code paths in seconds."""
 
+import importlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from data2vec2.modalities import MODALITIES
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")  # real English prompts (asterisk-core-sounds-en-wav)
-FORTUNES = Path("/usr/share/games/fortunes")
+def settings_of(modality: str):
+    """A modality's small test settings: modalities/<name>/testing.py (SMALL, small_data)."""
+    return importlib.import_module(f"data2vec2.modalities.{modality}.testing")
 
-# A very small image-tiny for fast tests: same code paths, tiny sizes.
-SMALL = [
-    "model.embed_dim=32", "model.num_heads=2", "model.depth=2", "model.prenet_depth=1", "targets.top_k=2",
-    "decoder.dim=32", "decoder.groups=4", "decoder.layers=2", "masking.num_masks=2", "train.batch_size=16",
-    "data.limit=256", "data.num_workers=0", "train.log_every=1", "train.precision=fp32", "optim.warmup_steps=2",
-]
-# The same for audio-tiny and text-tiny. Their dropouts are on: audio-tiny's as in its preset, text-tiny's
-# at the reference's 0.1 (the preset pre-trains without dropout), so that the tests cover the dropout paths.
-SMALL_AUDIO = ["model.embed_dim=32", "model.num_heads=4", "model.depth=2", "targets.top_k=2",
-               "model.audio.conv_layers=[[16,10,5],[16,3,2],[16,3,2],[16,3,2],[16,3,2],[16,2,2],[16,2,2]]",
-               "model.audio.conv_pos_groups=4", "model.audio.conv_pos_depth=2", "decoder.dim=16", "decoder.groups=4",
-               "decoder.layers=2", "masking.num_masks=2", "train.precision=fp32", "data.num_workers=0",
-               "train.log_every=1", "optim.warmup_steps=2", "train.batch_size=4", "data.max_samples=16000",
-               "guards.after_steps=100000"]
-SMALL_TEXT = ["model.embed_dim=32", "model.num_heads=2", "model.depth=2", "targets.top_k=2",
-              "model.text.vocab_size=512", "model.text.max_positions=32", "decoder.dim=32", "decoder.layers=2", "masking.num_masks=2",
-              "train.batch_size=8", "data.num_workers=0", "train.log_every=1", "optim.warmup_steps=2",
-              "train.precision=fp32", "guards.after_steps=100000", "model.dropout=0.1", "model.attention_dropout=0.1",
-              "model.post_mlp_dropout=0.1", "model.text.embed_dropout=0.1"]
+
+# The small versions of image-tiny, audio-tiny and text-tiny, for the tests of one modality
+SMALL = settings_of("image").SMALL
+SMALL_AUDIO = settings_of("audio").SMALL
+SMALL_TEXT = settings_of("text").SMALL
+ALLISON = settings_of("audio").ALLISON
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
+def cache_dir(small_data) -> Path:
     """Fashion-MNIST prepared once into a temporary cache (skips if the Debian package is absent)."""
-    if not FASHION.exists():
-        pytest.skip("dataset-fashion-mnist is not installed (scripts/install.sh installs it)")
-    from data2vec2.modalities.image.fashion_mnist import prepare_fashion_mnist
-
-    cache = tmp_path_factory.mktemp("cache")
-    prepare_fashion_mnist(cache, progress=False)
-    return cache
+    return Path(dict(o.split("=", 1) for o in small_data("image"))["data.cache_dir"])
 
 
 @pytest.fixture
@@ -52,14 +36,9 @@ def small_overrides(cache_dir) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def audio_manifest(tmp_path_factory) -> Path:
+def audio_manifest(small_data) -> Path:
     """A manifest of 24 real English prompts (skips if the Debian package is absent)."""
-    files = sorted(ALLISON.glob("*.wav"))[:24] if ALLISON.is_dir() else []
-    if len(files) < 24:
-        pytest.skip("asterisk-core-sounds-en-wav is not installed (scripts/install.sh installs it)")
-    manifest = tmp_path_factory.mktemp("audio") / "real.tsv"
-    manifest.write_text("\n".join(str(f) for f in files) + "\n")
-    return manifest
+    return Path(dict(o.split("=", 1) for o in small_data("audio"))["data.train"])
 
 
 @pytest.fixture(scope="session")
@@ -100,37 +79,34 @@ def glue_tsv(real_text, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_text(tmp_path_factory) -> Path:
+def real_text(small_data) -> Path:
     """About 24 KB of real English (the Debian fortunes package) in two files."""
-    sources = [FORTUNES / n for n in ("computers", "science", "people", "literature")]
-    sources = [p for p in sources if p.exists()]
-    if len(sources) < 2:
-        pytest.skip("the Debian fortunes package is not installed (scripts/install.sh installs it)")
-    folder = tmp_path_factory.mktemp("text")
-    for p in sources[:2]:
-        quotes = [q.strip() for q in p.read_text(errors="replace")[:12000].split("\n%\n") if q.strip()]
-        (folder / f"{p.name}.txt").write_text("\n\n".join(quotes[:-1]) + "\n")
-    return folder
+    return Path(dict(o.split("=", 1) for o in small_data("text"))["data.train"])
 
 
 @pytest.fixture(scope="session")
-def tokenizer_file(real_text, tmp_path_factory) -> Path:
-    from data2vec2.modalities.text.data import DocumentReport, iter_documents, train_tokenizer
-
-    files = sorted(real_text.glob("*.txt"))
-    return train_tokenizer(iter_documents(files, "paragraph", "stop", DocumentReport()), 512,
-                           tmp_path_factory.mktemp("tok") / "tokenizer.json")
+def tokenizer_file(small_data) -> Path:
+    """A 512-token BPE of real_text."""
+    return Path(dict(o.split("=", 1) for o in small_data("text"))["data.tokenizer"])
 
 
-@pytest.fixture(params=["image", "audio", "text"])
-def tiny(request, tmp_path_factory) -> tuple[str, list[str]]:
-    """(preset, overrides) of a tiny version of each modality's tiny preset, on real data."""
-    if request.param == "image":
-        cache = request.getfixturevalue("cache_dir")
-        return "image-tiny", SMALL + [f"data.cache_dir={cache}"]
-    if request.param == "audio":
-        manifest = request.getfixturevalue("audio_manifest")
-        return "audio-tiny", SMALL_AUDIO + [f"data.train={manifest}"]
-    text, tokenizer = request.getfixturevalue("real_text"), request.getfixturevalue("tokenizer_file")
-    cache = tmp_path_factory.mktemp("text-cache")
-    return "text-tiny", SMALL_TEXT + [f"data.train={text}", f"data.tokenizer={tokenizer}", f"data.cache_dir={cache}"]
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """small_data(name): the data overrides of the modality's testing.py, prepared once a session
+    (skips the test when its Debian package is not installed)."""
+    prepared: dict[str, list[str] | None] = {}
+
+    def get(name: str) -> list[str]:
+        if name not in prepared:
+            prepared[name] = settings_of(name).small_data(tmp_path_factory.mktemp(f"{name}-data"))
+        if prepared[name] is None:
+            pytest.skip(f"the data of {name}'s tests is not installed (scripts/install.sh installs it)")
+        return prepared[name]
+    return get
+
+
+@pytest.fixture(params=list(MODALITIES))
+def tiny(request, small_data) -> tuple[str, list[str]]:
+    """(preset, overrides) of a small version of each modality's tiny preset, on real data (the
+    modality folder's testing.py)."""
+    return f"{request.param}-tiny", settings_of(request.param).SMALL + small_data(request.param)

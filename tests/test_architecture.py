@@ -137,3 +137,37 @@ def test_the_table_lists_each_modality_folder_once():
                      if p.is_dir() and (p / "__init__.py").exists())
     assert sorted(MODALITIES) == folders
     assert all(record.name == key for key, record in MODALITIES.items())
+
+
+TESTS = Path(__file__).parent
+TEST_SETTINGS = ("SMALL", "small_data", "STEP_CASES", "step_batch", "BASELINES", "half_bad_data")
+
+
+def test_every_modality_folder_has_its_test_settings():
+    """modalities/<name>/testing.py: what the per-modality tests read for each modality of the table."""
+    import importlib
+
+    for name in MODALITIES:
+        module = importlib.import_module(f"{TABLE}.{name}.testing")
+        missing = [a for a in TEST_SETTINGS if not hasattr(module, a)]
+        assert not missing, f"modalities/{name}/testing.py lacks {', '.join(missing)}"
+
+
+def test_no_test_module_lists_the_modalities_by_hand():
+    """A hand-written list of modality names (a parametrize list, a table of cases) would leave out a
+    new modality of the table without a word: per-modality tests iterate over MODALITIES. Checked:
+    every list, tuple or set literal, and the keys of every dict literal, in tests/ that hold two or
+    more modality names."""
+    names = set(MODALITIES)
+    found = []
+    for path in sorted(TESTS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+                held = {s for s in _strings(node) if s in names}
+            elif isinstance(node, ast.Dict):
+                held = {k.value for k in node.keys if isinstance(k, ast.Constant) and k.value in names}
+            else:
+                continue
+            if len(held) >= 2:
+                found.append(f"{path.name}:{node.lineno}: {sorted(held)}")
+    assert not found, "\n".join(found)

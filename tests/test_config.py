@@ -184,8 +184,8 @@ def test_a_checkpoint_of_version_0_1_loads_with_its_old_parameter_names(tmp_path
     pinned = load_file(str(REFERENCE))
     student = {k[len("image:initial/student/"):]: v for k, v in pinned.items() if k.startswith("image:initial/student/")}
     assert "encoder.patch_embed.weight" in student  # the 0.1.0 name
-    preset, overrides = CASES["image"]
-    values = config_to_dict(data2vec2.load_config(preset, overrides + NO_DROPOUT))
+    modality, overrides = CASES["image"]
+    values = config_to_dict(data2vec2.load_config(f"{modality}-tiny", overrides + NO_DROPOUT))
     values["version"] = "0.1.0"
     values["model"]["audio"] = {"alibi": True}  # 0.1.0 saved every modality's settings
     torch.save({"student": student, "config": values}, tmp_path / "step_000000001.pt")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import settings_of
 
 from data2vec2 import load_config, load_encoder, pretrain
 from data2vec2.cli import main
@@ -105,6 +106,7 @@ def reference_layout(modality: str) -> tuple[dict, dict, dict]:
             shared[f"{m}relative_positional_encoder.{j}.0.bias"] = (D,)
         student = {**shared, **local, **decoder_shapes(m, 2, 16, 4, (5,), [("proj", (D, 16))])}
         return cfg, student, shared
+    assert modality == "text", f"no small reference model of {modality}: write its layout here"
     cfg = model_cfg("text", mask_length=1, mask_prob=0.48, mask_prob_adjust=0.0, max_source_positions=32,
                     learned_pos=True, dropout=0.1, no_scale_embedding=True, layernorm_embedding=True,
                     no_token_positional_embeddings=False,
@@ -170,7 +172,7 @@ def reference_name(ours: str, modality: str, teacher: bool) -> str:
     raise AssertionError(f"no rule for {ours}")
 
 
-@pytest.mark.parametrize("modality", ["image", "audio", "text"])
+@pytest.mark.parametrize("modality", list(MODALITIES))
 def test_every_tensor_comes_from_its_reference_entry(modality, tmp_path):
     state = write_fake(tmp_path / "checkpoint.pt", modality)
     imported = import_fairseq(tmp_path / "checkpoint.pt", MODALITIES)
@@ -223,19 +225,15 @@ def test_teacher_export_takes_shared_parts_from_the_student(tmp_path, capsys):
     assert torch.equal(student["blocks.1.mlp.fc1.weight"], state["model"]["blocks.1.mlp.fc1.weight"])
 
 
-@pytest.mark.parametrize("modality", ["image", "audio", "text"])
-def test_continued_pretraining_starts_from_the_imported_weights(modality, tmp_path, request):
+@pytest.mark.parametrize("modality", list(MODALITIES))
+def test_continued_pretraining_starts_from_the_imported_weights(modality, tmp_path, small_data):
     write_fake(tmp_path / "checkpoint.pt", modality)
-    data = {"image": lambda: ["data.train=fashion-mnist:train", "data.limit=64",
-                              f"data.cache_dir={request.getfixturevalue('cache_dir')}"],
-            "audio": lambda: [f"data.train={request.getfixturevalue('audio_manifest')}", "data.max_samples=16000",
-                              "data.min_samples=8000"],
-            "text": lambda: [f"data.train={request.getfixturevalue('real_text')}",
-                             f"data.cache_dir={tmp_path / 'cache'}"]}[modality]()
+    # the modality's small real data (its testing.py); the tokenizer goes to import-fairseq instead
+    data = [o for o in small_data(modality) if not o.startswith("data.tokenizer=")]
+    data += [o for o in settings_of(modality).SMALL if o.startswith("data.")]  # (its small data settings)
     run = tmp_path / "run"
     args = ["import-fairseq", str(tmp_path / "checkpoint.pt"), "--run-dir", str(run)]
-    if modality == "text":
-        args += ["--tokenizer", str(request.getfixturevalue("tokenizer_file"))]
+    args += [f"--tokenizer={o.split('=', 1)[1]}" for o in small_data(modality) if o.startswith("data.tokenizer=")]
     assert main(args) == 0
     imported = torch.load(run / "imported.pt", weights_only=True)
     config = load_config(str(run / "config.yaml"), data + [

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from conftest import SMALL, SMALL_AUDIO, SMALL_TEXT
-from PIL import Image
+from conftest import SMALL, SMALL_TEXT, settings_of
 
 import data2vec2
 from data2vec2.errors import ConfigError, DataError, TrainingError
+from data2vec2.modalities import MODALITIES
 from data2vec2.train.logger import read_metrics
 
 
@@ -104,36 +103,17 @@ def test_a_killed_run_whose_workers_still_live_does_not_hold_the_lock(tmp_path):
         os.kill(child, signal.SIGKILL)
 
 
-def _half_bad_data(modality: str, root: Path) -> str:
-    """4 readable and 4 unreadable files: a folder of PNGs, or an audio manifest whose sizes let
-    the unreadable ones through to the loader."""
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    if modality == "image":
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / f"good{i}.png")
-            (root / f"bad{i}.png").write_bytes(b"\x89PNG not an image")
-        return str(root)
-    lines = []
-    for i in range(4):
-        sf.write(root / f"good{i}.wav", rng.standard_normal(16000).astype(np.float32) * 0.1, 16000)
-        (root / f"bad{i}.wav").write_bytes(b"RIFF not audio")
-        lines += [f"good{i}.wav\t16000", f"bad{i}.wav\t16000"]
-    (root / "train.tsv").write_text("\n".join(lines) + "\n")
-    return str(root / "train.tsv")
+# the modalities whose loader meets unreadable files (their testing.py's half_bad_data)
+SKIP_CASES = [m for m in MODALITIES if settings_of(m).half_bad_data is not None]
 
 
-SKIP_SETUP = {"image": ("image-tiny", SMALL + ["data.limit=0"]), "audio": ("audio-tiny", SMALL_AUDIO)}
-
-
-@pytest.mark.parametrize("modality", sorted(SKIP_SETUP))
+@pytest.mark.parametrize("modality", SKIP_CASES)
 def test_skip_mode_replaces_unreadable_samples_and_reports_each_file_once(modality, tmp_path, capfd):
-    preset, overrides = SKIP_SETUP[modality]
-    data = _half_bad_data(modality, tmp_path / "data")
+    data = settings_of(modality).half_bad_data(tmp_path / "data")
     # batch 2 from 4 readable + 4 unreadable files: some micro-batches are wholly unreadable
-    o = overrides + [f"data.train={data}", "data.on_bad_file=skip", "train.batch_size=2", "train.max_steps=8",
-                     "data.num_workers=0"]
-    result = data2vec2.pretrain(data2vec2.load_config(preset, o), tmp_path / "run", progress=False)
+    o = settings_of(modality).SMALL + data + ["data.on_bad_file=skip", "train.batch_size=2", "train.max_steps=8",
+                                              "data.num_workers=0"]
+    result = data2vec2.pretrain(data2vec2.load_config(f"{modality}-tiny", o), tmp_path / "run", progress=False)
     assert result["steps"] == 8 and result["skipped_files"] == 4
     lines = capfd.readouterr().err.splitlines()
     for i in range(4):
@@ -142,10 +122,10 @@ def test_skip_mode_replaces_unreadable_samples_and_reports_each_file_once(modali
 
 
 def test_skip_mode_stops_when_nothing_is_readable(tmp_path):
-    data = _half_bad_data("image", tmp_path / "data")
-    for p in Path(data).glob("good*"):
+    data = settings_of("image").half_bad_data(tmp_path / "data")
+    for p in (tmp_path / "data").glob("good*"):
         p.write_bytes(b"broken too")
-    o = SMALL + ["data.limit=0", f"data.train={data}", "data.on_bad_file=skip", "train.batch_size=2"]
+    o = SMALL + data + ["data.on_bad_file=skip", "train.batch_size=2"]
     with pytest.raises(DataError, match="no readable sample is left, all 8 failed to read"):
         data2vec2.pretrain(data2vec2.load_config("image-tiny", o), tmp_path / "run", progress=False)
 

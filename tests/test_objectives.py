@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL, SMALL_TEXT
+from conftest import SMALL, SMALL_TEXT, settings_of
 
 import data2vec2
 from data2vec2.errors import ConfigError
@@ -141,35 +141,28 @@ def test_mlm_loss_by_hand(tiny_text):
 
 @pytest.fixture
 def tiny_text(real_text, tokenizer_file, tmp_path):
-    from conftest import SMALL_TEXT
-
     return "text-tiny", SMALL_TEXT + [f"data.train={real_text}", f"data.tokenizer={tokenizer_file}",
                                       f"data.cache_dir={tmp_path / 'cache'}"]
 
 
-CASES = {"image-data2vec1": ("image", DATA2VEC1), "image-mae": ("image", MAE),
-         "text-data2vec1": ("text", DATA2VEC1), "text-mlm": ("text", MLM), "audio-data2vec1": ("audio", DATA2VEC1)}
+BASELINE_OVERRIDES = {"data2vec1": DATA2VEC1, "mae": MAE, "mlm": MLM}
+# every baseline each modality of the table names (its testing.py's BASELINES)
+CASES = {f"{modality}-{objective}": (modality, objective) for modality in MODALITIES
+         for objective in settings_of(modality).BASELINES}
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_each_objective_trains_and_its_encoder_exports(case, request, tmp_path):
-    modality, extra = CASES[case]
-    tiny = {"image": "small_overrides", "text": "tiny_text", "audio": "audio_manifest"}[modality]
-    if modality == "image":
-        preset, overrides = "image-tiny", request.getfixturevalue(tiny)
-    elif modality == "text":
-        preset, overrides = request.getfixturevalue(tiny)
-    else:
-        from conftest import SMALL_AUDIO
-
-        preset, overrides = "audio-tiny", SMALL_AUDIO + [f"data.train={request.getfixturevalue(tiny)}"]
+def test_each_objective_trains_and_its_encoder_exports(case, small_data, tmp_path):
+    modality, objective = CASES[case]
+    preset, extra = f"{modality}-tiny", BASELINE_OVERRIDES[objective]
+    overrides = settings_of(modality).SMALL + small_data(modality)
     config = data2vec2.load_config(preset, overrides + extra + ["train.max_steps=12", "optim.lr=1e-3"])
     result = data2vec2.pretrain(config, tmp_path / "run", progress=False)
     assert result["steps"] == 12
     rows = [r for r in map(__import__("json").loads, (tmp_path / "run/metrics.jsonl").read_text().splitlines())]
     losses = [r["loss"] for r in rows]
     assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
-    if case in ("image-mae", "text-mlm"):  # a fixed target: the loss falls within a few updates
+    if objective in ("mae", "mlm"):  # a fixed target: the loss falls within a few updates
         assert np.mean(losses[-4:]) < np.mean(losses[:4])
     encoder, loaded = data2vec2.load_encoder_and_config(tmp_path / "run")
     assert loaded.objective == config.objective

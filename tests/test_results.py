@@ -1,6 +1,7 @@
-"""The evidence files: the docs' tables are rendered from them (benchmarks/render_docs.py); every results file under docs/results/ and every line of docs/benchmarks/*.jsonl
-carries the standard header (data2vec2.benchmark.HEADER_KEYS: date, command, commit, CPU and its
-flags or GPU, threads, precision, versions), and every benchmark script writes it."""
+"""The evidence files: the docs' tables are rendered from them (benchmarks/render_docs.py); every
+results file under docs/results/ and every line of docs/benchmarks/*.jsonl carries the standard
+header (data2vec2.benchmark.HEADER_KEYS: date, command, commit, CPU and its flags or GPU, threads,
+precision, versions), and every benchmark script writes it."""
 
 import json
 from pathlib import Path

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import settings_of
 from safetensors.torch import load_file
 
+from data2vec2.modalities import MODALITIES
 from data2vec2.nn import blocks
 
 REFERENCE = Path(__file__).parent / "data" / "step_characterization.safetensors"
@@ -29,49 +31,16 @@ NO_DROPOUT = ["model.dropout=0", "model.attention_dropout=0", "model.activation_
               "ema.decay=0.5", "ema.end_decay=0.5"]
 SMALL_BLOCKS = ["model.embed_dim=32", "model.num_heads=2", "model.depth=2", "targets.top_k=2",
                 "masking.num_masks=2"]
-AUDIO_CNN = "model.audio.conv_layers=[[16,10,5],[16,3,2],[16,3,2]]"
-CASES = {
-    "image": ("image-tiny", SMALL_BLOCKS + ["model.prenet_depth=1", "decoder.dim=32", "decoder.groups=4",
-                                            "decoder.layers=2"]),
-    "audio": ("audio-tiny", SMALL_BLOCKS + ["model.prenet_depth=1", AUDIO_CNN, "model.audio.conv_pos_width=15",
-                                            "model.audio.conv_pos_depth=3", "model.audio.conv_pos_groups=4",
-                                            "model.audio.ema_local_encoder=false", "decoder.dim=16",
-                                            "decoder.groups=4", "decoder.layers=2"]),
-    "audio-ema-local": ("audio-tiny", SMALL_BLOCKS + [AUDIO_CNN, "model.audio.conv_pos_width=15",
-                                                      "model.audio.conv_pos_depth=3", "model.audio.conv_pos_groups=4",
-                                                      "model.audio.ema_local_encoder=true", "decoder.dim=16",
-                                                      "decoder.groups=4", "decoder.layers=2"]),
-    "text": ("text-tiny", SMALL_BLOCKS + ["model.text.vocab_size=64", "model.text.max_positions=16",
-                                          "model.text.embed_dropout=0", "decoder.dim=32", "decoder.layers=2"]),
-}
+# every case of every modality of the table (its testing.py's STEP_CASES): name -> (modality, overrides)
+CASES = {name: (modality, SMALL_BLOCKS + overrides) for modality in MODALITIES
+         for name, overrides in settings_of(modality).STEP_CASES.items()}
 
 
 def fixed_batch(name: str, config) -> dict:
     """The inputs, masks (B*M, T) and noise seeds (B,) of a case, from fixed seeds."""
-    from data2vec2.masking import block_mask_1d, make_masks
-
     g = torch.Generator().manual_seed(1234)
     rng = np.random.default_rng(1234)
-    m = config.masking
-    if name == "image":
-        ic = config.model.image
-        inputs = torch.randn(2, ic.in_channels, ic.image_size, ic.image_size, generator=g)
-        grid = ic.image_size // ic.patch_size
-        mask = np.concatenate([make_masks(m.kind, m.num_masks, (grid, grid), m.mask_prob, m.mask_length,
-                                          m.mask_prob_adjust, rng) for _ in range(2)])
-    elif name.startswith("audio"):
-        inputs = torch.randn(2, 1600, generator=g)
-        T = 79  # frames of 1600 samples through the small CNN
-        mask = np.concatenate([block_mask_1d(m.num_masks, T, m.mask_prob, m.mask_length, m.mask_prob_adjust, rng)
-                               for _ in range(2)])
-    else:
-        inputs = torch.randint(4, config.model.text.vocab_size, (2, 16), generator=g)
-        inputs[:, 0] = 0  # <s>
-        inputs[1, 13:] = 1  # <pad>: the second block is 13 tokens long
-        count = 13 - int(13 * (1.0 - m.mask_prob))
-        mask = np.zeros((4, 16), dtype=bool)
-        for row, valid in enumerate([16, 16, 13, 13]):
-            mask[row, rng.permutation(valid)[:count]] = True
+    inputs, mask = settings_of(CASES[name][0]).step_batch(config, g, rng)
     return {"inputs": inputs, "mask": torch.from_numpy(mask), "noise_seed": torch.tensor([11, 22])}
 
 
@@ -96,8 +65,8 @@ def run_step(name: str, pinned: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     from data2vec2.train.setup import Training
     from data2vec2.train.step import train_step
 
-    preset, overrides = CASES[name]
-    config = data2vec2.load_config(preset, overrides + NO_DROPOUT)
+    modality, overrides = CASES[name]
+    config = data2vec2.load_config(f"{modality}-tiny", overrides + NO_DROPOUT)
     model = data2vec2.build_model(config)
     for part in ("student", "teacher"):
         prefix = f"initial/{part}/"
