@@ -147,8 +147,9 @@ class ImageTasks:
         from data2vec2.modalities.image.evaluate import extract_features
 
         def features(source):
-            return extract_features(encoder, source, image_size=config.model.image.image_size, mean=config.data.mean,
-                                    std=config.data.std, progress=False)
+            image, data = config.model.settings, config.data.settings
+            return extract_features(encoder, source, image_size=image.image_size, mean=data.mean, std=data.std,
+                                    progress=False)
 
         fit, val = features(self.fit), features(self.val)
         out = {"probe_val": linear_probe(*fit, *val, seed=0).test_accuracy}

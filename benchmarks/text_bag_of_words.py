@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--out", default="")
     args = p.parse_args()
     _, config = load_encoder_and_config(args.run)
-    tokenizer = load_tokenizer(config.data.tokenizer)
+    tokenizer = load_tokenizer(config.data.settings.tokenizer)
     config.data.cache_dir = args.cache
     train = CLASSIFICATION.data(config, "rotten-tomatoes:train", None, False)  # (tokenised with the run's BPE)
     tasks = {"train": train, **{s: CLASSIFICATION.data(config, f"rotten-tomatoes:{s}", train.labels, False)
@@ -47,7 +47,7 @@ def main() -> None:
     x = {s: bag_of_words(t.dataset.ids, tokenizer.get_vocab_size()) for s, t in tasks.items()}
     y = {s: torch.as_tensor(t.dataset.targets) for s, t in tasks.items()}
     result = {"benchmark": "bag-of-words logistic regression on Rotten Tomatoes", "run": args.run,
-              "tokenizer": config.data.tokenizer, "features": tokenizer.get_vocab_size()}
+              "tokenizer": config.data.settings.tokenizer, "features": tokenizer.get_vocab_size()}
     for split in ("dev", "test"):
         fit = linear_probe(x["train"], y["train"], x[split], y[split], weight_decays=WEIGHT_DECAYS,
                            epochs=EPOCHS, min_steps=MIN_STEPS)

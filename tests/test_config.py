@@ -59,7 +59,7 @@ def test_a_saved_config_of_version_0_1_with_every_modality_loads_with_warnings()
     values["data"] |= {"channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "min_samples": 1, "max_samples": 2}
     with pytest.warns(ConfigWarning, match="'model.image': a setting of the image modality; this config is text"):
         config = data2vec2.config_from_dict(values, saved=True)
-    assert config.model.text.vocab_size == 8192 and config.data.tokenizer == "tok.json"
+    assert config.model.settings.vocab_size == 8192 and config.data.settings.tokenizer == "tok.json"
 
 
 def test_a_missing_key_that_changes_the_mathematics_is_an_error():
@@ -118,7 +118,7 @@ def test_audio_honours_random_masking():
 
     config = data2vec2.load_config("audio-tiny", ["masking.kind=random", "masking.mask_length=3",
                                                   "masking.mask_prob_adjust=0.07"])
-    collate = AudioMaskingCollate(config.masking, partial(num_frames, config.model.audio.conv_layers), seed=0)
+    collate = AudioMaskingCollate(config.masking, partial(num_frames, config.model.settings.conv_layers), seed=0)
     batch = collate([{"index": i, "inputs": torch.randn(16000)} for i in range(4)])
     T = batch["mask"].shape[1]
     assert (batch["mask"].sum(1) == T - int(T * 0.5)).all()

@@ -197,14 +197,16 @@ def test_every_tensor_comes_from_its_reference_entry(modality, tmp_path):
     assert (config.decoder.dim, config.decoder.layers, config.masking.num_masks, config.targets.top_k) == (16, 2, 2, 2)
     assert (model.dropout, model.drop_path, config.ema.decay, config.ema.anneal_steps) == (0.1, 0.1, 0.999, 1000)
     if modality == "image":
-        assert (config.model.prenet_depth, config.model.image.image_size, config.model.image.patch_size) == (1, 32, 8)
+        image = config.model.settings
+        assert (config.model.prenet_depth, image.image_size, image.patch_size) == (1, 32, 8)
         assert (config.masking.kind, config.targets.final_norm) == ("inverse_block", "layer")
         assert config.loss.cls_weight == 0.01
     if modality == "audio":
-        assert config.model.audio.conv_layers == ((16, 10, 5),) + ((16, 3, 2),) * 4 + ((16, 2, 2),) * 2
-        assert (config.model.audio.conv_pos_depth, config.model.audio.alibi, config.masking.kind) == (2, True, "block")
+        audio = config.model.settings
+        assert audio.conv_layers == ((16, 10, 5),) + ((16, 3, 2),) * 4 + ((16, 2, 2),) * 2
+        assert (audio.conv_pos_depth, audio.alibi, config.masking.kind) == (2, True, "block")
     if modality == "text":
-        assert (model.text.vocab_size, model.text.max_positions, config.masking.kind) == (512, 32, "random")
+        assert (model.settings.vocab_size, model.settings.max_positions, config.masking.kind) == (512, 32, "random")
         assert (config.decoder.residual, config.decoder.projection_layers, config.loss.scale) == (False, 2, 1.0)
 
 

@@ -19,7 +19,7 @@ def small_model(extra=()):
 
 def batch(config, B=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    ic, m = config.model.image, config.masking
+    ic, m = config.model.settings, config.masking
     images = torch.randn(B, ic.in_channels, ic.image_size, ic.image_size, generator=g)
     grid = ic.image_size // ic.patch_size
     rng = np.random.default_rng(seed)

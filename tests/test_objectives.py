@@ -134,9 +134,9 @@ def test_mlm_loss_by_hand(tiny_text):
         loss = float(model(tokens, mask, seeds).loss)
     log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
     by_hand = -log_probs[torch.arange(len(logits)), tokens[mask]].mean()
-    assert logits.shape == (int(mask.sum()), config.model.text.vocab_size)
+    assert logits.shape == (int(mask.sum()), config.model.settings.vocab_size)
     assert loss == pytest.approx(float(by_hand), rel=1e-5)
-    assert loss == pytest.approx(math.log(config.model.text.vocab_size), rel=0.1)  # untrained: near uniform
+    assert loss == pytest.approx(math.log(config.model.settings.vocab_size), rel=0.1)  # untrained: near uniform
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ rejected with a `ConfigError` that names the key (for example `masking.mask_prbo
 
 The settings of one modality are not fields of this module: each modality record
 (`data2vec2.modality.Modality`) brings a dataclass for `model.<modality>` (its local encoder) and
-one for its own `data.*` keys. A config holds only the active modality's two, and a saved config
-(run folder, checkpoint, export) holds only those plus the package version:
+one for its own `data.*` keys. A config holds only the active modality's two, as the explicit fields
+`config.model.settings` and `config.data.settings` (`config.data.key(name)` reads a data key by name,
+generic or the modality's), and a saved config (run folder, checkpoint, export) holds only those
+plus the package version:
 
     model: {modality: image, embed_dim: ..., image: {image_size: ..., ...}}
     data:  {train: ..., cache_dir: ..., channels: ..., mean: ...}      generic and image keys, flat
@@ -57,14 +59,9 @@ class ModelConfig:
     prenet_dropout: float = 0.0  # after the context encoder's LayerNorm
     drop_path: float = 0.0
     layerdrop: float = 0.0
-    # the active modality's local-encoder settings, written and read as `model.<modality>`
+    # the active modality's local-encoder settings (its model_settings dataclass), written and read
+    # as `model.<modality>` in YAML and overrides
     settings: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        """`model.image` (or `model.audio`, ...) is the active modality's settings."""
-        if name != "modality" and name == self.__dict__.get("modality") and "settings" in self.__dict__:
-            return self.__dict__["settings"]
-        raise AttributeError(f"model config has no attribute {name!r}")
 
 
 @dataclass
@@ -141,22 +138,15 @@ class DataConfig:
     # DataLoader worker processes per training process; -1: from the CPUs (train/setup.py pick_workers)
     num_workers: int = 2
     limit: int = 0  # use only the first N training samples (0: all)
-    # the active modality's own data keys (data.mean for images, ...), written and read flat
+    # the active modality's own data keys (its data_settings dataclass: data.mean for images, ...),
+    # written and read flat in YAML and overrides
     settings: Any = None
 
-    def __getattr__(self, name: str) -> Any:
-        """`data.mean` (a key of the active modality's data settings) reads its settings."""
-        settings = self.__dict__.get("settings")
-        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
-            return getattr(settings, name)
-        raise AttributeError(f"data config has no attribute {name!r}")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        settings = self.__dict__.get("settings")
-        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
-            setattr(settings, name, value)
-        else:
-            super().__setattr__(name, value)
+    def key(self, name: str) -> Any:
+        """A data key's value by its name: a generic key or one of the modality's (`settings`)."""
+        if self.settings is not None and name in _field_names(self.settings):
+            return getattr(self.settings, name)
+        return getattr(self, name)
 
 
 @dataclass

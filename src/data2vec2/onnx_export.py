@@ -108,7 +108,7 @@ def export_finetuned_onnx(model, out_dir: str | Path) -> Path:
     with torch.no_grad():
         scores = objective.scores(example)
     data = {key: (list(v) if isinstance(v, tuple) else v) for key in model.task.data_keys
-            for v in [getattr(config.data, key)]}
+            for v in [config.data.key(key)]}
     write_json(out / "config.json", {
         "format": FORMAT + "-finetuned", "version": __version__, "model": config_to_dict(config.model),
         "task": config.finetune.task, "labels": model.labels, "data": data,

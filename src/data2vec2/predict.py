@@ -160,7 +160,7 @@ def write_model(model: nn.Module, config: Config, task: "Task", labels: list[str
     out.mkdir(parents=True, exist_ok=True)
     data = {}
     for key in task.data_keys:
-        value = getattr(config.data, key)
+        value = config.data.key(key)
         if isinstance(value, str) and value and Path(value).is_file():
             shutil.copyfile(value, out / Path(value).name)
             value = Path(value).name

@@ -14,7 +14,8 @@ from .fairseq import FAIRSEQ
 
 
 def check_config(config) -> list[tuple[bool, str, str]]:
-    model, settings, masking, data = config.model, config.model.audio, config.masking, config.data
+    model, settings, masking = config.model, config.model.settings, config.masking
+    data = config.data.settings  # the audio data keys
     return [
         (config.decoder.kind == "conv", "decoder.kind", "only images have a Transformer-decoder ablation"),
         (len(settings.conv_layers) >= 1, "model.audio.conv_layers", "needs >= 1 layer"),

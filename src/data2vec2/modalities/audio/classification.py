@@ -91,7 +91,7 @@ def score(outputs: list[Tensor], targets: list, labels: list[str]) -> dict[str, 
 
 def synthetic_batch(config: Config) -> tuple[dict, list[str], float]:
     """train.batch_size random clips of data.max_samples in 10 classes, through the training collate."""
-    L = config.data.max_samples
+    L = config.data.settings.max_samples
     g = torch.Generator().manual_seed(0)
     items = [{"index": i, "inputs": torch.randn(L, generator=g), "target": i % 10}
              for i in range(config.train.batch_size)]

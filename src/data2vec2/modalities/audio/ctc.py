@@ -109,7 +109,7 @@ def task_data(config: Config, spec: str, letters: list[str] | None, train: bool)
     training data), or, for the training data, data.letters or every character of its transcripts."""
     clips = open_labelled(config, spec, train)
     if letters is None:
-        chars = config.data.letters or "".join(sorted(set("".join(clips.labels)) - {"\t"}))
+        chars = config.data.settings.letters or "".join(sorted(set("".join(clips.labels)) - {"\t"}))
         if len(set(chars)) != len(chars):
             raise DataError(f"data.letters={chars!r}: a letter occurs twice")
         letters = [BLANK] + list(chars)
@@ -137,7 +137,7 @@ def step_flops(config: Config, size: float) -> float:
     CNN forward only (it never learns); the projection, the position convolution and the blocks
     forward and backward; the head aside."""
     model, B = config.model, config.train.batch_size
-    cnn, T, channels = cnn_flops(model.audio.conv_layers, B, int(size))
+    cnn, T, channels = cnn_flops(model.settings.conv_layers, B, int(size))
     local = 2 * B * T * channels * model.embed_dim + B * pos_conv_flops(config, T)
     return cnn + 3 * (local + blocks_forward_flops(B, T, model.embed_dim, model.mlp_ratio,
                                                    model.depth + model.prenet_depth))
@@ -146,7 +146,7 @@ def step_flops(config: Config, size: float) -> float:
 def synthetic_batch(config: Config) -> tuple[dict, list[str], float]:
     """train.batch_size random clips of data.max_samples with 40-letter transcripts, through the
     training collate (masks included)."""
-    L = config.data.max_samples
+    L = config.data.settings.max_samples
     g = torch.Generator().manual_seed(0)
     letters = [BLANK] + list(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     rng = np.random.default_rng(0)

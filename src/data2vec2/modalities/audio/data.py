@@ -219,16 +219,16 @@ class AudioMaskingCollate(MaskingCollate):
 
 def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
     data = config.data
-    source = open_audio_source(data.train, min_samples=data.min_samples, on_bad_file=data.on_bad_file)
+    source = open_audio_source(data.train, min_samples=data.settings.min_samples, on_bad_file=data.on_bad_file)
     if data.limit > 0:
         source.paths, source.lengths = source.paths[:data.limit], source.lengths[:data.limit]
     if source.dropped_short or source.dropped_bad:
-        print(f"[data2vec2] {data.train}: dropped {source.dropped_short} files shorter than {data.min_samples} "
+        print(f"[data2vec2] {data.train}: dropped {source.dropped_short} files shorter than {data.settings.min_samples} "
               f"samples and {source.dropped_bad} unreadable files", file=sys.stderr)
-    lengths = [min(n, data.max_samples) for n in source.lengths]
+    lengths = [min(n, data.settings.max_samples) for n in source.lengths]
     # FLOPs at the mean (cropped) length: bucketed batches are cropped to about that on average
-    frames = partial(num_frames, config.model.audio.conv_layers)  # a picklable function for the workers
-    return PretrainingData(dataset=PretrainAudioDataset(source, data.max_samples, config.train.seed),
+    frames = partial(num_frames, config.model.settings.conv_layers)  # a picklable function for the workers
+    return PretrainingData(dataset=PretrainAudioDataset(source, data.settings.max_samples, config.train.seed),
                            collate=AudioMaskingCollate(config.masking, frames, config.train.seed),
                            step_flops=step_flops(config, config.train.batch_size, int(np.mean(lengths))),
                            lengths=lengths)
@@ -237,8 +237,8 @@ def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
 def synthetic_batch(config: Config) -> tuple[dict, int]:
     """train.batch_size random waves of data.max_samples through the real collate (1-D block
     masks, noise seeds), for speed measurements; and the length for step_flops."""
-    L = config.data.max_samples
+    L = config.data.settings.max_samples
     g = torch.Generator().manual_seed(0)
     items = [{"index": i, "inputs": torch.randn(L, generator=g)} for i in range(config.train.batch_size)]
-    frames = partial(num_frames, config.model.audio.conv_layers)
+    frames = partial(num_frames, config.model.settings.conv_layers)
     return AudioMaskingCollate(config.masking, frames, seed=0)(items), L

@@ -144,7 +144,7 @@ class AudioLocalEncoder(LocalEncoder):
 
     def __init__(self, model_config):
         super().__init__()
-        settings, D = model_config.audio, model_config.embed_dim
+        settings, D = model_config.settings, model_config.embed_dim
         self.ema_local_encoder = settings.ema_local_encoder
         self.feature_extractor = FeatureExtractor(settings.conv_layers)
         C = self.feature_extractor.out_channels
@@ -205,7 +205,7 @@ def cnn_flops(conv_layers, batch: int, num_samples: int) -> tuple[float, int, in
 
 def pos_conv_flops(config, frames: int) -> float:
     """The position convolution's forward FLOPs on one row of `frames` frames."""
-    settings, D = config.model.audio, config.model.embed_dim
+    settings, D = config.model.settings, config.model.embed_dim
     k_pos = max(3, settings.conv_pos_width // settings.conv_pos_depth)
     return settings.conv_pos_depth * 2 * frames * D * (D // settings.conv_pos_groups) * k_pos
 
@@ -214,7 +214,7 @@ def step_flops(config, batch: int, num_samples: int) -> float:
     """FLOPs of one update on `batch` utterances of `num_samples` samples (see train/flops.py for
     what is counted): the CNN and projection once per sample, the pos-conv on B*M full-length
     clones, the blocks on the kept frames (student) and on all frames (teacher), the 1-D decoder."""
-    model, decoder, settings = config.model, config.decoder, config.model.audio
+    model, decoder, settings = config.model, config.decoder, config.model.settings
     M, D = config.masking.num_masks, model.embed_dim
     cnn, T, c_in = cnn_flops(settings.conv_layers, batch, num_samples)  # T = num_frames(..., num_samples)
     keep = T - num_masked(config.masking.kind, T, config.masking.mask_prob)

@@ -72,7 +72,7 @@ def overrides(model: dict, mod: dict, shapes: dict) -> list[str]:
 
 
 def local_names(config) -> dict[str, Source]:
-    settings, H = config.model.audio, config.model.num_heads
+    settings, H = config.model.settings, config.model.num_heads
     names = {}
     for i in range(len(settings.conv_layers)):
         names[f"feature_extractor.convs.{i}.weight"] = Source(f"local_encoder.conv_layers.{i}.0.weight")

@@ -44,16 +44,17 @@ def open_labelled(config: Config, spec: str, train: bool) -> LabelledSource:
     data.min_samples or longer than data.max_samples are left out (and counted), as the reference
     skips them."""
     data = config.data
-    source = open_audio_source(spec, min_samples=data.min_samples if train else 1, on_bad_file=data.on_bad_file)
+    source = open_audio_source(spec, min_samples=data.settings.min_samples if train else 1,
+                               on_bad_file=data.on_bad_file)
     if source.texts is None:
         raise DataError(f"{spec}: every line needs a third column, the label (path <TAB> samples <TAB> label)")
-    keep = [i for i, n in enumerate(source.lengths) if not train or n <= data.max_samples]
+    keep = [i for i, n in enumerate(source.lengths) if not train or n <= data.settings.max_samples]
     too_long = len(source.paths) - len(keep)
     if train and data.limit > 0:
         keep = keep[:data.limit]
     if not keep:
-        raise DataError(f"{spec}: no clip between data.min_samples={data.min_samples} and data.max_samples="
-                        f"{data.max_samples} samples")
+        raise DataError(f"{spec}: no clip between data.min_samples={data.settings.min_samples} and "
+                        f"data.max_samples={data.settings.max_samples} samples")
     if (source.dropped_short or too_long or source.dropped_bad) and os.environ.get("RANK", "0") == "0":
         print(f"[data2vec2] {spec}: left out {source.dropped_short} clips shorter than data.min_samples, {too_long} "
               f"longer than data.max_samples and {source.dropped_bad} unreadable", file=sys.stderr, flush=True)
@@ -141,8 +142,8 @@ class ClipCollate(Collate):
 
     def __init__(self, config: Config, train: bool, targets):
         super().__init__(config.train.seed)
-        data = config.data
-        self.num_frames = partial(num_frames, config.model.audio.conv_layers)
+        data = config.data.settings
+        self.num_frames = partial(num_frames, config.model.settings.conv_layers)
         self.dim = config.model.embed_dim
         self.time = (data.time_mask_prob, data.time_mask_length) if train and data.time_mask_prob > 0 else None
         self.channel = (data.channel_mask_prob, data.channel_mask_length) \

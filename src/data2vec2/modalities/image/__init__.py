@@ -13,7 +13,7 @@ from .fairseq import FAIRSEQ
 
 
 def check_config(config) -> list[tuple[bool, str, str]]:
-    model, settings, data = config.model, config.model.image, config.data
+    model, settings, data = config.model, config.model.settings, config.data.settings  # the image data keys
     return [
         (settings.patch_size >= 1 and settings.image_size >= settings.patch_size, "model.image.patch_size",
          f"must be in [1, model.image.image_size={settings.image_size}]"),
@@ -36,7 +36,7 @@ def check_config(config) -> list[tuple[bool, str, str]]:
 
 def export(encoder, config, out):
     """Our format, with the data keys that feed the encoder: channels and normalisation."""
-    data = config.data
+    data = config.data.settings
     return write_encoder(encoder, config, out, data={"channels": data.channels, "mean": list(data.mean),
                                                     "std": list(data.std)})
 

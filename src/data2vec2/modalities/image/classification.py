@@ -110,7 +110,7 @@ class Augment:
     """One training image: uint8 (H, W, C) -> float32 (C, S, S), every random choice from `rng`."""
 
     def __init__(self, config: Config):
-        data, size = config.data, config.model.image.image_size
+        data, size = config.data.settings, config.model.settings.image_size
         self.size, self.scale, self.hflip = size, tuple(data.crop_scale), data.hflip
         self.mean = torch.tensor(data.mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(data.std, dtype=torch.float32).view(-1, 1, 1)
@@ -153,8 +153,8 @@ class ImagesWithLabels(torch.utils.data.Dataset):
     def __init__(self, source: ImageSource, targets: np.ndarray, config: Config, train: bool):
         self.source, self.targets = source, targets
         self.augment = Augment(config) if train else None
-        data = config.data
-        self.size, self.crop_pct = config.model.image.image_size, data.eval_crop_pct
+        data = config.data.settings
+        self.size, self.crop_pct = config.model.settings.image_size, data.eval_crop_pct
         self.mean = torch.tensor(data.mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(data.std, dtype=torch.float32).view(-1, 1, 1)
         self.seed, self.epoch = config.train.seed, 0
@@ -186,7 +186,7 @@ class ClassificationCollate(Collate):
 
     def __init__(self, config: Config, num_classes: int, train: bool):
         super().__init__(config.train.seed)
-        data = config.data
+        data = config.data.settings
         self.num_classes = num_classes
         self.mixing = train and (data.mixup > 0 or data.cutmix > 0) and data.mix_prob > 0
         self.mixup, self.cutmix, self.mix_prob = data.mixup, data.cutmix, data.mix_prob
@@ -263,7 +263,7 @@ def prediction_inputs(config: Config, items: list, labels: list[str]) -> tuple[T
         source = data.dataset.source
         return data, [source.path(i) for i in range(len(source))], True
     found = expand_paths(items, list_image_files, "image")
-    source = Items(found, config.data.channels)
+    source = Items(found, config.data.settings.channels)
     dataset = ImagesWithLabels(source, np.zeros(len(found), dtype=np.int64), config, train=False)
     return TaskData(dataset=dataset, collate=ClassificationCollate(config, len(labels), train=False),
                     labels=list(labels)), [name for name, _ in found], False
@@ -292,7 +292,7 @@ def score(outputs: list[Tensor], targets: list, labels: list[str]) -> dict[str, 
 def step_flops(config: Config, size: float = 0.0) -> float:
     """An update's FLOPs (train/flops.py's convention): the patch embedding and the blocks on whole
     images (CLS included), forward and backward; the head aside."""
-    model, settings = config.model, config.model.image
+    model, settings = config.model, config.model.settings
     B, D = config.train.batch_size, model.embed_dim
     T = (settings.image_size // settings.patch_size) ** 2
     patch = 2 * B * T * D * settings.in_channels * settings.patch_size**2
@@ -302,7 +302,7 @@ def step_flops(config: Config, size: float = 0.0) -> float:
 def synthetic_batch(config: Config) -> tuple[dict, list[str], float]:
     """train.batch_size random images of the config's size and 10 classes through the training
     collate (mixing included), for speed measurements."""
-    settings = config.model.image
+    settings = config.model.settings
     g = torch.Generator().manual_seed(0)
     items = [{"index": i, "inputs": torch.randn(settings.in_channels, settings.image_size, settings.image_size,
                                                   generator=g), "target": i % 10} for i in range(config.train.batch_size)]

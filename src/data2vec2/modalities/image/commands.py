@@ -44,9 +44,10 @@ def cmd_embed(args, modality) -> None:
         raise DataError(f"--out {out}: give a .npy file name (numpy.save would add the suffix)")
     check_out(out, args.overwrite, folder=False)
     encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
-    source = open_image_source(args.images, Path(config.data.cache_dir), config.data.channels)
-    feats, _ = extract_features(encoder, source, image_size=config.model.image.image_size, mean=config.data.mean,
-                                std=config.data.std, pool=args.pool, progress=True)
+    source = open_image_source(args.images, Path(config.data.cache_dir), config.data.settings.channels)
+    image, data = config.model.settings, config.data.settings
+    feats, _ = extract_features(encoder, source, image_size=image.image_size, mean=data.mean, std=data.std,
+                                pool=args.pool, progress=True)
     tmp = out.with_name(f".{out.name}.tmp.npy")
     np.save(tmp, feats.numpy())
     os.replace(tmp, out)

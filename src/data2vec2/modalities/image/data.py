@@ -439,7 +439,7 @@ def open_source(config: Config, spec: str) -> ImageSource:
     """An image source, preparing Fashion-MNIST into the cache on first use."""
     if spec.startswith("fashion-mnist:"):
         prepare_fashion_mnist(Path(config.data.cache_dir), progress=False)
-    return open_image_source(spec, Path(config.data.cache_dir), config.data.channels)
+    return open_image_source(spec, Path(config.data.cache_dir), config.data.settings.channels)
 
 
 class ImageMaskingCollate(MaskingCollate):
@@ -457,11 +457,12 @@ class ImageMaskingCollate(MaskingCollate):
 
 
 def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
-    data, settings = config.data, config.model.image
+    data, settings = config.data, config.model.settings
     source = open_source(config, data.train)
     if data.limit > 0:
         source = Subset(source, range(min(data.limit, len(source))))
-    transform = TrainTransform(settings.image_size, data.mean, data.std, scale=data.crop_scale, hflip=data.hflip)
+    keys = data.settings  # the image data keys: mean, std, crop_scale, hflip
+    transform = TrainTransform(settings.image_size, keys.mean, keys.std, scale=keys.crop_scale, hflip=keys.hflip)
     grid = settings.image_size // settings.patch_size
     return PretrainingData(dataset=PretrainImageDataset(source, transform, config.train.seed),
                            collate=ImageMaskingCollate(config.masking, (grid, grid), config.train.seed),
@@ -471,7 +472,7 @@ def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
 def synthetic_batch(config: Config) -> tuple[dict, int]:
     """A batch of train.batch_size random images of the preset's size through the real collate
     (inverse block masks, noise seeds), for speed measurements; and the length for step_flops."""
-    settings = config.model.image
+    settings = config.model.settings
     g = torch.Generator().manual_seed(0)
     items = [{"index": i, "inputs": torch.randn(settings.in_channels, settings.image_size, settings.image_size,
                                                   generator=g)} for i in range(config.train.batch_size)]

@@ -52,7 +52,7 @@ def measure(config: Config, modality, bf16_features: bool) -> tuple[float, float
     """(seconds per update, seconds per encoded image) on this machine, now."""
     step_s = time_updates(config, modality, steps=2, warmup=1)["step_s"]
     encoder = random_encoder(config.model, modality, seed=0).eval()
-    settings = config.model.image
+    settings = config.model.settings
     images = torch.randn(256, settings.in_channels, settings.image_size, settings.image_size)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_features)
     with torch.no_grad(), autocast:

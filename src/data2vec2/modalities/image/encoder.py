@@ -50,7 +50,7 @@ class ImageLocalEncoder(LocalEncoder):
 
     def __init__(self, model_config):
         super().__init__()
-        settings, D = model_config.image, model_config.embed_dim
+        settings, D = model_config.settings, model_config.embed_dim
         self.grid = settings.image_size // settings.patch_size
         self.patch_size = settings.patch_size
         self.patch_dim = settings.in_channels * settings.patch_size**2  # pixels of a patch
@@ -89,7 +89,7 @@ class ImageLocalEncoder(LocalEncoder):
 
 
 def build_decoder(config) -> Decoder2d | TransformerDecoder:
-    grid = config.model.image.image_size // config.model.image.patch_size
+    grid = config.model.settings.image_size // config.model.settings.patch_size
     decoder_config = config.decoder
     if decoder_config.kind == "transformer":  # the ablation; positions as the MAE decoder's
         decoder = TransformerDecoder(config.model.embed_dim, decoder_config.dim, layers=decoder_config.layers,
@@ -107,7 +107,7 @@ def build_decoder(config) -> Decoder2d | TransformerDecoder:
 def step_flops(config, batch: int, length: int = 0) -> float:
     """FLOPs of one update on `batch` images (see train/flops.py for what is counted); `length`
     is unused (every image has the preset's size)."""
-    model, decoder, settings = config.model, config.decoder, config.model.image
+    model, decoder, settings = config.model, config.decoder, config.model.settings
     M, D = config.masking.num_masks, model.embed_dim
     T = (settings.image_size // settings.patch_size) ** 2
     num_keep = T - num_masked(config.masking.kind, T, config.masking.mask_prob)

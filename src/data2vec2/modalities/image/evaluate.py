@@ -46,12 +46,12 @@ def pixel_features(source: ImageSource) -> tuple[Tensor, Tensor]:
 def features_for(encoder, config: Config, spec: str, *, pool: str, device: str, progress: bool, bf16: bool,
                  limit: int = 0, seed: int = 0):
     """Features of the images `spec` names; `limit` > 0: of a seeded sample of that many."""
-    source = open_image_source(spec, Path(config.data.cache_dir), config.data.channels)
+    source = open_image_source(spec, Path(config.data.cache_dir), config.data.settings.channels)
     if limit > 0:
         source = Subset.sample(source, limit, seed)
-    return extract_features(encoder, source, image_size=config.model.image.image_size, mean=config.data.mean,
-                            std=config.data.std, pool=pool, device=device, bf16=bf16, progress=progress,
-                            desc=f"features {spec}")
+    image, data = config.model.settings, config.data.settings
+    return extract_features(encoder, source, image_size=image.image_size, mean=data.mean, std=data.std, pool=pool,
+                            device=device, bf16=bf16, progress=progress, desc=f"features {spec}")
 
 
 def evaluate_encoder(encoder, config: Config, train_spec: str, test_spec: str, *, pool: str = "mean",

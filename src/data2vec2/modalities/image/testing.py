@@ -39,7 +39,7 @@ def step_batch(config, g, rng) -> tuple:
 
     from ...masking import make_masks
 
-    m, ic = config.masking, config.model.image
+    m, ic = config.masking, config.model.settings
     inputs = torch.randn(2, ic.in_channels, ic.image_size, ic.image_size, generator=g)
     grid = ic.image_size // ic.patch_size
     return inputs, np.concatenate([make_masks(m.kind, m.num_masks, (grid, grid), m.mask_prob, m.mask_length,

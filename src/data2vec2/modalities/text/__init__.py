@@ -14,7 +14,7 @@ from .hf import export_text_hf, read_text_hf
 
 
 def check_config(config) -> list[tuple[bool, str, str]]:
-    model, settings = config.model, config.model.text
+    model, settings = config.model, config.model.settings
     return [
         (config.decoder.kind == "conv", "decoder.kind", "only images have a Transformer-decoder ablation"),
         (settings.vocab_size > 4, "model.text.vocab_size", "must exceed the 4 special tokens"),
@@ -23,8 +23,8 @@ def check_config(config) -> list[tuple[bool, str, str]]:
         (config.masking.kind in ("random", "block"), "masking.kind",
          f"text masks random tokens or spans (block) of non-padding tokens, not {config.masking.kind!r}"),
         (config.loss.cls_weight == 0, "loss.cls_weight", "must be 0: the text encoder has no extra CLS token"),
-        (config.data.documents in ("paragraph", "file"), "data.documents", "must be paragraph or file"),
-        (len(config.data.text_columns) in (0, 1, 2), "data.text_columns", "names one text column or a pair"),
+        (config.data.settings.documents in ("paragraph", "file"), "data.documents", "must be paragraph or file"),
+        (len(config.data.settings.text_columns) in (0, 1, 2), "data.text_columns", "names one text column or a pair"),
     ]
 
 

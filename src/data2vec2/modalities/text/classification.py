@@ -114,10 +114,10 @@ def read_tsv(path: Path, text_columns: tuple[str, ...] = (), label_column: str =
 
 def tokenize(config: Config, rows: TsvRows) -> list[np.ndarray]:
     """Each example's ids: <s> A </s> (</s> B </s>), truncated to model.text.max_positions."""
-    if not config.data.tokenizer:
+    if not config.data.settings.tokenizer:
         raise DataError("the encoder has no tokenizer (data.tokenizer)")
-    tokenizer = load_tokenizer(config.data.tokenizer)
-    tokenizer.enable_truncation(config.model.text.max_positions)
+    tokenizer = load_tokenizer(config.data.settings.tokenizer)
+    tokenizer.enable_truncation(config.model.settings.max_positions)
     pairs = len(rows.texts[0]) == 2
     encodings = tokenizer.encode_batch([t if pairs else t[0] for t in rows.texts])
     return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
@@ -139,7 +139,8 @@ class Sentences(torch.utils.data.Dataset):
 
 def is_regression(config: Config, spec: str) -> bool:
     """Whether the labels of `spec` are numbers, not all whole: a regression task (STS-B)."""
-    labels = read_tsv(task_file(config, spec), tuple(config.data.text_columns), config.data.label_column).labels
+    data = config.data.settings
+    labels = read_tsv(task_file(config, spec), tuple(data.text_columns), data.label_column).labels
     if not all(_is_number(v) for v in labels):
         return False
     return any(float(v) != int(float(v)) for v in labels)
@@ -208,7 +209,8 @@ def task_data(config: Config, spec: str, labels: list[str] | None, train: bool, 
     """The examples of `spec`. Classification: their classes are `labels` (those of the training
     data, which defines them when `labels` is None: its label values, sorted); regression: the labels
     are numbers and `labels` is [the label column]."""
-    rows = read_tsv(task_file(config, spec), tuple(config.data.text_columns), config.data.label_column)
+    data = config.data.settings
+    rows = read_tsv(task_file(config, spec), tuple(data.text_columns), data.label_column)
     if regression:
         try:
             targets = np.array([float(v) for v in rows.labels], dtype=np.float32)
@@ -269,13 +271,13 @@ def step_flops(config: Config, size: float) -> float:
     """An update's FLOPs (train/flops.py's convention) at the mean sequence length `size`: the
     blocks forward and backward; embeddings and the head aside."""
     model = config.model
-    T = size or min(128, model.text.max_positions)
+    T = size or min(128, model.settings.max_positions)
     return 3 * blocks_forward_flops(config.train.batch_size, T, model.embed_dim, model.mlp_ratio, model.depth)
 
 
 def synthetic_batch(config: Config, regression: bool) -> tuple[dict, list[str], float]:
     """train.batch_size random sequences of min(128, max_positions) tokens, two classes (or values)."""
-    settings = config.model.text
+    settings = config.model.settings
     T = min(128, settings.max_positions)
     g = torch.Generator().manual_seed(0)
     items = [{"index": i, "inputs": torch.randint(4, settings.vocab_size, (T,), generator=g),
@@ -296,11 +298,11 @@ def prediction_inputs(config: Config, items: list, labels: list[str], regression
             path = Path(items[0])
             with open(path, encoding="utf-8", errors="replace") as f:
                 header = f.readline().rstrip("\n").split("\t")
-            label = config.data.label_column or next((c for c in KNOWN_LABEL_COLUMNS if c in header), "")
+            label = config.data.settings.label_column or next((c for c in KNOWN_LABEL_COLUMNS if c in header), "")
             if label in header:
                 data = task_data(config, str(path), None if regression else labels, False, regression)
                 return data, [f"{path}:{n}" for n in range(2, len(data.dataset) + 2)], True
-            texts = read_tsv_texts(path, tuple(config.data.text_columns))
+            texts = read_tsv_texts(path, tuple(config.data.settings.text_columns))
             names = [f"{path}:{n}" for n in range(2, len(texts) + 2)]
         else:
             texts, names = [], []

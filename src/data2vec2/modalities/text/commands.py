@@ -92,8 +92,8 @@ def cmd_probe_text(args, modality) -> None:
     encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
     train, dev, test = task_splits(args)
     config.data.cache_dir = args.cache or config.data.cache_dir
-    config.data.text_columns = tuple(args.text_columns.split(",")) if args.text_columns else ()
-    config.data.label_column = args.label_column or ""
+    config.data.settings.text_columns = tuple(args.text_columns.split(",")) if args.text_columns else ()
+    config.data.settings.label_column = args.label_column or ""
     encoders = {"pretrained": encoder}
     if not args.no_baseline:
         encoders["random_init"] = random_encoder(config.model, modality, seed=args.seed)

@@ -337,18 +337,18 @@ class TextMaskingCollate(MaskingCollate):
 
 def prepare_token_cache(config: Config, progress: bool = True) -> tuple[Path, Path]:
     """(tokenizer file, token cache folder) for data.train, building what is missing. The resolved
-    tokenizer path is written back into config.data.tokenizer so runs and exports find it."""
-    data, settings = config.data, config.model.text
+    tokenizer path is written back into data.tokenizer (config.data.settings) so runs and exports find it."""
+    data, settings = config.data, config.model.settings
     cache = Path(data.cache_dir)
     files = find_text_files(data.train, cache)
-    tokenizer = ensure_tokenizer(data.tokenizer, files, settings.vocab_size, cache, data.documents,
+    tokenizer = ensure_tokenizer(data.settings.tokenizer, files, settings.vocab_size, cache, data.settings.documents,
                                  data.on_bad_file).resolve()
     size = load_tokenizer(tokenizer).get_vocab_size()
     if size > settings.vocab_size:
         raise ConfigError(f"model.text.vocab_size={settings.vocab_size} is smaller than the tokenizer's {size} tokens "
                           f"({tokenizer})")
-    config.data.tokenizer = str(tokenizer)
-    folder = tokenize_files(files, tokenizer, cache, data.documents, data.on_bad_file, progress=progress)
+    config.data.settings.tokenizer = str(tokenizer)
+    folder = tokenize_files(files, tokenizer, cache, data.settings.documents, data.on_bad_file, progress=progress)
     return tokenizer, folder
 
 
@@ -361,7 +361,7 @@ def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
         print(f"[data2vec2] skipped {len(meta['bad_files'])} bad file(s) (data.on_bad_file=skip):", flush=True)
         for line in meta["bad_files"][:20]:
             print(f"  {line}", flush=True)
-    L = config.model.text.max_positions
+    L = config.model.settings.max_positions
     dataset = TokenBlocks(folder, L, config.data.limit)
     print(f"[data2vec2] text: {meta['tokens']:,} tokens from {meta['documents']:,} documents in {meta['files']} "
           f"file(s) -> {len(dataset):,} blocks of {L}", flush=True)
@@ -372,7 +372,7 @@ def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
 def synthetic_batch(config: Config) -> tuple[dict, int]:
     """train.batch_size blocks of random token ids (<s> first, full length, no padding) through
     the real collate, for speed measurements; and the length for step_flops."""
-    L, vocab = config.model.text.max_positions, config.model.text.vocab_size
+    L, vocab = config.model.settings.max_positions, config.model.settings.vocab_size
     g = torch.Generator().manual_seed(0)
     items = [{"index": i, "inputs": torch.cat([torch.tensor([BOS]), torch.randint(4, vocab, (L - 1,), generator=g)])}
              for i in range(config.train.batch_size)]

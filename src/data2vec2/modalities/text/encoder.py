@@ -54,7 +54,7 @@ class TextLocalEncoder(LocalEncoder):
 
     def __init__(self, model_config):
         super().__init__()
-        settings, D = model_config.text, model_config.embed_dim
+        settings, D = model_config.settings, model_config.embed_dim
         self.max_positions, self.embed_dropout = settings.max_positions, settings.embed_dropout
         self.token_embed = nn.Embedding(settings.vocab_size, D, padding_idx=PAD)
         self.pos_embed = nn.Embedding(settings.max_positions + PAD + 1, D, padding_idx=PAD)  # 514 rows for 512

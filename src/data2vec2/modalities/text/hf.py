@@ -38,10 +38,10 @@ FORMAT = "data2vec2-text-hf"
 def hf_config(cfg: ModelConfig) -> dict:
     return {
         "architectures": ["RobertaModel"], "model_type": "roberta",
-        "vocab_size": cfg.text.vocab_size, "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth,
+        "vocab_size": cfg.settings.vocab_size, "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth,
         "num_attention_heads": cfg.num_heads, "intermediate_size": int(cfg.embed_dim * cfg.mlp_ratio),
         "hidden_act": "gelu", "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.attention_dropout,
-        "max_position_embeddings": cfg.text.max_positions + PAD + 1, "type_vocab_size": 1,
+        "max_position_embeddings": cfg.settings.max_positions + PAD + 1, "type_vocab_size": 1,
         "layer_norm_eps": cfg.norm_eps, "initializer_range": 0.02, "pad_token_id": 1, "bos_token_id": 0,
         "eos_token_id": 2, "position_embedding_type": "absolute", "torch_dtype": "float32",
     }
@@ -117,7 +117,8 @@ def export_text_hf(encoder: torch.nn.Module, config, out_dir: str | Path) -> Pat
     cfg = config.model
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(config.data.tokenizer, out, cfg.text.max_positions, cfg.text.vocab_size)  # first: it may refuse
+    text = cfg.settings
+    write_tokenizer(config.data.settings.tokenizer, out, text.max_positions, text.vocab_size)  # first: it may refuse
     write_safetensors(to_hf_state(encoder.state_dict(), cfg), out / "model.safetensors", {"format": "pt"})
     meta = hf_config(cfg) | {"data2vec2": {"format": FORMAT, "version": __version__, "model": config_to_dict(cfg)}}
     write_json(out / "config.json", meta)
@@ -149,7 +150,7 @@ def export_classifier_hf(model, out_dir: str | Path) -> Path:
     cfg = config.model
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(config.data.tokenizer, out, cfg.text.max_positions, cfg.text.vocab_size)
+    write_tokenizer(config.data.settings.tokenizer, out, cfg.settings.max_positions, cfg.settings.vocab_size)
     encoder = {f"roberta.{k}": v for k, v in to_hf_state(objective.encoder.state_dict(), cfg).items()}
     head = {f"classifier.{ours}.{kind}": getattr(objective, theirs).state_dict()[kind]
             for ours, theirs in (("dense", "dense"), ("out_proj", "out")) for kind in ("weight", "bias")}

@@ -68,7 +68,7 @@ def step_batch(config, g, rng) -> tuple:
     import torch
 
     m = config.masking
-    inputs = torch.randint(4, config.model.text.vocab_size, (2, 16), generator=g)
+    inputs = torch.randint(4, config.model.settings.vocab_size, (2, 16), generator=g)
     inputs[:, 0] = 0  # <s>
     inputs[1, 13:] = 1  # <pad>: the second block is 13 tokens long
     count = 13 - int(13 * (1.0 - m.mask_prob))
