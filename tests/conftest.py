@@ -13,8 +13,13 @@ from data2vec2.modalities import MODALITIES
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 def settings_of(modality: str):
-    """A modality's small test settings: modalities/<name>/testing.py (SMALL, small_data)."""
+    """A modality's small test settings: modalities/<name>/testing.py (docs/ARCHITECTURE.md lists them)."""
     return importlib.import_module(f"data2vec2.modalities.{modality}.testing")
+
+
+def value_of(overrides: list[str], key: str) -> str:
+    """The value that `key=value` sets in `overrides`."""
+    return dict(o.split("=", 1) for o in overrides)[key]
 
 
 # The small versions of image-tiny, audio-tiny and text-tiny, for the tests of one modality
@@ -27,7 +32,7 @@ ALLISON = settings_of("audio").ALLISON
 @pytest.fixture(scope="session")
 def cache_dir(small_data) -> Path:
     """Fashion-MNIST prepared once into a temporary cache (skips if the Debian package is absent)."""
-    return Path(dict(o.split("=", 1) for o in small_data("image"))["data.cache_dir"])
+    return Path(value_of(small_data("image"), "data.cache_dir"))
 
 
 @pytest.fixture
@@ -38,7 +43,7 @@ def small_overrides(cache_dir) -> list[str]:
 @pytest.fixture(scope="session")
 def audio_manifest(small_data) -> Path:
     """A manifest of 24 real English prompts (skips if the Debian package is absent)."""
-    return Path(dict(o.split("=", 1) for o in small_data("audio"))["data.train"])
+    return Path(value_of(small_data("audio"), "data.train"))
 
 
 @pytest.fixture(scope="session")
@@ -81,13 +86,13 @@ def glue_tsv(real_text, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def real_text(small_data) -> Path:
     """About 24 KB of real English (the Debian fortunes package) in two files."""
-    return Path(dict(o.split("=", 1) for o in small_data("text"))["data.train"])
+    return Path(value_of(small_data("text"), "data.train"))
 
 
 @pytest.fixture(scope="session")
 def tokenizer_file(small_data) -> Path:
     """A 512-token BPE of real_text."""
-    return Path(dict(o.split("=", 1) for o in small_data("text"))["data.tokenizer"])
+    return Path(value_of(small_data("text"), "data.tokenizer"))
 
 
 @pytest.fixture(scope="session")
