@@ -91,7 +91,26 @@ def predict_speed(data: dict) -> list[str]:
     return lines
 
 
-RENDERERS = {"efficiency": efficiency, "ctc_lm": ctc_lm, "predict_speed": predict_speed}
+def finetune(data: dict) -> list[str]:
+    """benchmarks/finetune_results.py of a --compare run (one seed): each init's updates, speed, best
+    step and scores on the validation and the test split (every metric of the task)."""
+    inits = {"pretrained": "pre-trained", "random_init": "random init, same architecture"}
+    first = data["pretrained"]
+    test = next(k for k in first["scores"] if k != "valid")
+    metric, others = data["metric"], [m for m in first["scores"][test] if m != data["metric"]]
+    lines = [row(["encoder", "updates", "samples / s", "best step", f"validation {metric}", f"**test {metric}**"]
+                 + [f"test {m}" for m in others]),
+             row(["---"] + ["---:"] * (5 + len(others)))]
+    for name, label in inits.items():
+        r = data[name]
+        scores = r["scores"]
+        lines.append(row([label, f"{r['updates']:,}", f"{r['samples_per_s_median']:,.0f}", f"{r['best_step']:,}",
+                          f"{pct(scores['valid'][metric], 2)} %", f"**{pct(scores[test][metric], 2)} %**"]
+                         + [f"{pct(scores[test][m], 2)} %" for m in others]))
+    return lines
+
+
+RENDERERS = {"efficiency": efficiency, "ctc_lm": ctc_lm, "predict_speed": predict_speed, "finetune": finetune}
 
 
 def render(text: str, where: Path) -> str:
