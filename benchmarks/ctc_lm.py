@@ -17,6 +17,7 @@ import itertools
 import json
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -64,7 +65,10 @@ def evaluate(checkpoint: str, order: int, folder: Path) -> dict:
     sentences = [fit.dataset.targets[i] for i in train.dataset.indices]
     lm = folder / f"{Path(checkpoint).parent.parent.name}.arpa"
     stats = write_arpa(sentences, order, lm)
-    greedy = lambda s: greedy_text(s.argmax(-1).tolist(), model.labels)  # noqa: E731
+
+    def greedy(scores: torch.Tensor) -> str:
+        return greedy_text(scores.argmax(-1).tolist(), model.labels)
+
     scores, targets = log_probs(model, valid)
     grid = []
     for weight, word in itertools.product(WEIGHTS, WORD_SCORES):
@@ -100,8 +104,6 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         results = [evaluate(c, args.order, Path(folder)) for c in args.checkpoints]
-    from importlib.metadata import version
-
     out = {"benchmark": "CTC decoding: greedy vs beam search with a word 3-gram model",
            "header": {**results_header("fp32"), "flashlight_text": version("flashlight-text")}, "beam": 50,
            "results": results}
