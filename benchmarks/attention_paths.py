@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 
 SHAPES = [(15, 3), (50, 3), (64, 4), (64, 12), (100, 12), (200, 12), (400, 12), (800, 12)]  # (tokens, heads), head dim 64
 

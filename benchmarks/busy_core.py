@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 
 # name -> (environment, overrides)
 SETTINGS = {

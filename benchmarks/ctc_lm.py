@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 from data2vec2.finetune import training_and_validation
 from data2vec2.modalities import MODALITIES
 from data2vec2.modalities.audio.ctc import greedy_text

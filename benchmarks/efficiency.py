@@ -35,7 +35,8 @@ import torch
 from recorded import TEXT_TINY_AS_RECORDED
 
 from data2vec2 import build_model, load_config, load_encoder_and_config, pretrain
-from data2vec2.benchmark import results_header, time_updates
+from data2vec2.benchmark import time_updates
+from data2vec2.provenance import results_header
 from data2vec2.eval.probe import linear_probe
 from data2vec2.modalities import MODALITIES
 from data2vec2.train.flops import count_update_flops

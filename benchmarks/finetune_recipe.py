@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 from data2vec2.finetune import finetune, load_finetune_config
 from data2vec2.modalities import MODALITIES
 

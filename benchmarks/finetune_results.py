@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from data2vec2.benchmark import HEADER_KEYS
+from data2vec2.provenance import HEADER_KEYS
 
 
 def summary(run: Path) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data2vec2 import load_config
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 from data2vec2.modalities import MODALITIES
 from data2vec2.train.setup import setup_training
 from data2vec2.train.step import train_step

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from data2vec2 import load_config
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 from data2vec2.modalities import MODALITIES
 from data2vec2.train import distributed
 from data2vec2.train.distributed import local_part

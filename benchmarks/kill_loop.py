@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from recorded import TEXT_TINY_AS_RECORDED
 
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 
 # Each tiny preset, smaller, with its dropouts on (image-tiny has none: drop path 0.1 is added).
 RUNS = {

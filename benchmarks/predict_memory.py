@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data2vec2.benchmark import auto_precision, results_header
+from data2vec2.provenance import auto_precision, results_header
 
 RUN = """
 import resource, sys

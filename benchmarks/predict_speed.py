@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 from data2vec2.modalities import MODALITIES
 from data2vec2.onnx_export import export_finetuned_onnx
 from data2vec2.predict import load_model, predict

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from data2vec2 import load_config
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 from data2vec2.modalities import MODALITIES
 from data2vec2.objectives import build_model
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from data2vec2 import load_encoder_and_config
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 from data2vec2.eval.probe import linear_probe
 from data2vec2.modalities import MODALITIES
 from data2vec2.modalities.image.evaluate import features_for

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from data2vec2 import load_encoder_and_config
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 from data2vec2.eval.probe import linear_probe
 from data2vec2.modalities.text.data import load_tokenizer
 from data2vec2.modalities.text.classification import CLASSIFICATION

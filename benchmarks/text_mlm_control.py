@@ -23,7 +23,7 @@ import torch
 from recorded import TEXT_TINY_AS_RECORDED
 
 from data2vec2 import load_config, pretrain
-from data2vec2.benchmark import auto_precision, results_header
+from data2vec2.provenance import auto_precision, results_header
 from data2vec2.finetune import finetune_runs
 from data2vec2.modalities import MODALITIES
 

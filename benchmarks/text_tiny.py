@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from data2vec2.benchmark import results_header
+from data2vec2.provenance import results_header
 from data2vec2.train.logger import read_metrics
 
 

@@ -549,7 +549,7 @@ def _startup(dry_run: bool, out: str) -> None:
     import torch
 
     from data2vec2 import __version__
-    from data2vec2.benchmark import machine
+    from data2vec2.provenance import machine
     from data2vec2.train.flops import measure_matmul_flops
 
     facts = {**machine(), "python": platform.python_version(), "data2vec2": __version__,

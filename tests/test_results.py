@@ -1,6 +1,6 @@
 """The evidence files: the docs' tables are rendered from them (benchmarks/render_docs.py); every
 results file under docs/results/ and every line of docs/benchmarks/*.jsonl carries the standard
-header (data2vec2.benchmark.HEADER_KEYS: date, command, commit, CPU and its flags or GPU, threads,
+header (data2vec2.provenance.HEADER_KEYS: date, command, commit, CPU and its flags or GPU, threads,
 precision, versions), and every benchmark script writes it."""
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from data2vec2.benchmark import HEADER_KEYS, missing_header, results_header
+from data2vec2.provenance import HEADER_KEYS, missing_header, results_header
 
 ROOT = Path(__file__).resolve().parents[1]
 

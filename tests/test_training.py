@@ -1,5 +1,6 @@
 """End-to-end training behaviour on real Fashion-MNIST images (tiny slices)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +42,21 @@ def test_checkpoints_are_complete_and_pruned(tmp_path, small_overrides):
     state = torch.load(folder / "last.pt", weights_only=True)
     assert {"student", "teacher", "optimizer", "scheduler", "step", "rng", "config", "versions"} <= state.keys()
     assert state["step"] == 4
+
+
+
+def test_each_invocation_of_a_run_records_where_it_ran(tmp_path, small_overrides):
+    """invocations.jsonl: one line per start or resume, with the standard header (date, command,
+    commit, machine, precision, versions) and the update it started from."""
+    from data2vec2.provenance import missing_header
+
+    for steps in (2, 3):
+        pretrain(load_config("image-tiny", small_overrides + [f"train.max_steps={steps}"]), tmp_path / "run",
+                 progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "invocations.jsonl").read_text().splitlines()]
+    assert [line["start_step"] for line in lines] == [0, 2]
+    assert all(not missing_header(line) and line["precision"] == "float32" and line["processes"] == 1
+               for line in lines)
 
 
 def test_load_encoder_errors(tmp_path):

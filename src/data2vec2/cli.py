@@ -139,7 +139,7 @@ def cmd_predict(args) -> None:
     print(f"[data2vec2] predicted {summary['predicted']}, skipped {summary['skipped']} in {summary['seconds']:.1f} s "
           f"({summary['per_second']} per second){scores}" + (f" -> {out}" if out else ""), file=sys.stderr)
     if args.summary:  # the numbers with what produced them
-        from .benchmark import results_header
+        from .provenance import results_header
 
         record = {"header": results_header(summary["precision"]), "model": str(args.model), "inputs": list(args.inputs),
                   **summary, "batch_size": args.batch_size}
@@ -179,7 +179,8 @@ def cmd_import_fairseq(args) -> None:
 
 
 def cmd_benchmark(args) -> None:
-    from .benchmark import results_header, time_updates
+    from .benchmark import time_updates
+    from .provenance import results_header
     from .finetune import load_finetune_config
     from .modalities import MODALITIES
 

@@ -67,7 +67,7 @@ def load_finetune_config(preset_or_path: str, overrides: list[str] | tuple[str, 
 def finetune(config: Config, run_dir: str | Path, modality: "Modality", **options) -> dict:
     """Fine-tune into `run_dir` (resuming from its last checkpoint); `options` as train.loop.train.
     Returns the loop's summary, with "results" (also in run_dir/results.json) when the run ends."""
-    from .benchmark import source_commit
+    from .provenance import source_commit
 
     task = modality.tasks[config.finetune.task]
     run_dir = Path(run_dir)
@@ -324,7 +324,7 @@ def final_results(training: Training, task: "Task", parts: dict, best: dict | No
         splits[spec] = task.data(config, spec, parts["labels"], False)
     scores = {name: evaluate(training.model, task, data, parts["labels"], config, training.device, training.autocast)
               for name, data in splits.items()}
-    from .benchmark import results_header
+    from .provenance import results_header
 
     metric = chosen_metric(config, task)
     results = {"task": task.name, "metric": metric, "higher_is_better": metric not in task.lower_is_better,

@@ -22,6 +22,7 @@ from .. import __version__
 from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..data.collate import ReplaceUnreadable, ResumableSampler
 from ..errors import ConfigError, DataError, Interrupted, TrainingError
+from ..provenance import results_header
 from . import distributed
 from .checkpoint import (
     RunLock,
@@ -118,6 +119,15 @@ def train(config: Config, run_dir: str | Path, modality: "Modality", job: Job, *
         return _train(config, run_dir, modality, job, resume=resume, progress=progress, max_steps=max_steps)
 
 
+def _record_invocation(run_dir: Path, training: Training, step: int) -> None:
+    """One line of run_dir/invocations.jsonl per start or resume: the standard header (date,
+    command, commit, machine, precision, versions), the update it starts from, the processes."""
+    line = {**results_header(str(training.dtype).replace("torch.", "")), "start_step": step,
+            "processes": training.dist.world_size, "device": str(training.device)}
+    with open(run_dir / "invocations.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, resume: bool, progress: bool,
            max_steps: int | None) -> dict:
     train = config.train
@@ -155,6 +165,7 @@ def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, res
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
+        _record_invocation(run_dir, training, step)
     logger = MetricsLogger(run_dir, start_step=step, enabled=info.is_main)
     with torch.random.fork_rng(devices=[training.device] if training.device.type == "cuda" else []):
         # the random test matrices must not come from the training stream (resume equality)

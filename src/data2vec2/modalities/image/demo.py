@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ...benchmark import auto_precision, results_header
+from ...provenance import auto_precision, results_header
 from ...config import load_config
 from ...eval.knn import knn_accuracy
 from ...eval.probe import linear_probe
