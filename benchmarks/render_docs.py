@@ -110,7 +110,35 @@ def finetune(data: dict) -> list[str]:
     return lines
 
 
-RENDERERS = {"efficiency": efficiency, "ctc_lm": ctc_lm, "predict_speed": predict_speed, "finetune": finetune}
+def finetune_seeds(data: dict) -> list[str]:
+    """benchmarks/finetune_results.py of a --compare --seeds run: each init's validation and test
+    metric, mean +- sd over the seeds, and the test metric of each seed."""
+    comparison, metric = data["comparison"], data["metric"]
+    test = next(k for k in comparison["pretrained"] if k not in ("valid",) and not k.endswith(("_std", "_runs")))
+    seeds = ", ".join(str(s) for s in comparison["seeds"])
+    lines = [row(["encoder", f"validation {metric}, mean +- sd", f"**test {metric}**, mean +- sd",
+                  f"test per seed ({seeds})"]), row(["---", "---:", "---:", "---"])]
+    for name, label in (("pretrained", "pre-trained"), ("random_init", "random init")):
+        r = comparison[name]
+        lines.append(row([label, f"{pct(r['valid'][metric], 2)} +- {pct(r['valid_std'][metric], 2)} %",
+                          f"**{pct(r[test][metric], 2)} +- {pct(r[test + '_std'][metric], 2)} %**",
+                          ", ".join(pct(x, 2) for x in r[test + "_runs"]) + " %"]))
+    return lines
+
+
+def screen(data: dict) -> list[str]:
+    """A screen of short runs (rows with what each changed, its updates, speed and validation
+    accuracy), the chosen one in bold."""
+    lines = [row(["variant", "updates", "images / s", "validation accuracy"]), row(["---", "---:", "---:", "---:"])]
+    for r in data["rows"]:
+        what = r["what"] + (" (**chosen**)" if r["variant"] == data.get("chosen") else "")
+        lines.append(row([f"{r['variant']}: {what}", f"{r['updates']:,}", f"{r['samples_per_s_median']:,.0f}",
+                          f"{pct(r['valid_accuracy'], 2)} %"]))
+    return lines
+
+
+RENDERERS = {"efficiency": efficiency, "ctc_lm": ctc_lm, "predict_speed": predict_speed, "finetune": finetune,
+             "finetune_seeds": finetune_seeds, "screen": screen}
 
 
 def render(text: str, where: Path) -> str:
