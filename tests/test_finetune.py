@@ -561,6 +561,10 @@ def test_a_finetuned_model_exports_to_onnx_with_the_same_scores(task, tmp_path):
     meta = json.loads((tmp_path / "onnx" / "config.json").read_text())
     model = load_model(tmp_path / "run", MODALITIES)
     assert meta["format"] == "data2vec2-onnx-finetuned" and meta["labels"] == model.labels
+    for key in model.task.data_keys:  # a file a data key names (the tokenizer) travels with the export
+        value = model.config.data.key(key)
+        if isinstance(value, str) and value and Path(value).is_file():
+            assert meta["data"][key] == Path(value).name and (tmp_path / "onnx" / meta["data"][key]).is_file()
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
     x = model.task.synthetic_batch(model.config)[0]["inputs"][:3]
     for batch in ([x, x[:1]] + ([x[:, : x.shape[1] * 2 // 3].contiguous()] if x.ndim == 2 else [])):

@@ -107,8 +107,9 @@ def export_finetuned_onnx(model, out_dir: str | Path) -> Path:
     _export(ScoresGraph(objective), example, variable, "scores", out / "model.onnx")
     with torch.no_grad():
         scores = objective.scores(example)
-    data = {key: (list(v) if isinstance(v, tuple) else v) for key in model.task.data_keys
-            for v in [config.data.key(key)]}
+    from .predict import export_data_keys
+
+    data = export_data_keys(config, model.task, out)  # (the tokenizer copied in: the export stands alone)
     write_json(out / "config.json", {
         "format": FORMAT + "-finetuned", "version": __version__, "model": config_to_dict(config.model),
         "task": config.finetune.task, "labels": model.labels, "data": data,

@@ -153,11 +153,9 @@ class _Each:
         return light, (self.collate(good) if good else None)
 
 
-def write_model(model: nn.Module, config: Config, task: "Task", labels: list[str], out: Path, source: str) -> Path:
-    """The export of a fine-tuned objective: model.safetensors, config.json (with the data keys that
-    prediction reads, Task.data_keys) and the files those keys name (copied in, the key then naming
-    the copy)."""
-    out.mkdir(parents=True, exist_ok=True)
+def export_data_keys(config: Config, task: "Task", out: Path) -> dict:
+    """The data keys prediction reads (Task.data_keys) for an export's config.json; the files they
+    name (the tokenizer) are copied into `out`, the key then naming the copy."""
     data = {}
     for key in task.data_keys:
         value = config.data.key(key)
@@ -165,6 +163,14 @@ def write_model(model: nn.Module, config: Config, task: "Task", labels: list[str
             shutil.copyfile(value, out / Path(value).name)
             value = Path(value).name
         data[key] = list(value) if isinstance(value, tuple) else value
+    return data
+
+
+def write_model(model: nn.Module, config: Config, task: "Task", labels: list[str], out: Path, source: str) -> Path:
+    """The export of a fine-tuned objective: model.safetensors, config.json (with the data keys that
+    prediction reads) and the files those keys name."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = export_data_keys(config, task, out)
     write_safetensors(model.state_dict(), out / "model.safetensors", {"format": FORMAT})
     write_json(out / "config.json", {
         "format": FORMAT, "version": __version__, "model": config_to_dict(config.model), "data": data,
