@@ -87,36 +87,47 @@ FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
 def run_objective(modality_name: str, name: str, lr: float, minutes: float, args, folder: Path,
-                  extra: list[str] | None = None) -> dict:
-    """Pre-train objective `name` (or, with `extra`, data2vec 2.0 with those overrides: an ablation)."""
+                  extra: list[str] | None = None, more: tuple[str, ...] = (), fractions: tuple = FRACTIONS,
+                  precision: str = "fp32", tag: str = "") -> dict:
+    """Pre-train objective `name` (or, with `extra`, data2vec 2.0 with those overrides: an ablation;
+    `more`: overrides after the objective's own) for `minutes`, with a checkpoint at each of
+    `fractions` of the updates. A run folder that holds its plan (plan.json: the update time measured
+    and the updates planned) resumes with that plan."""
     overrides = (AS_RECORDED.get(modality_name, []) + (OBJECTIVES[modality_name][name] if extra is None else extra)
-                 + [f"optim.lr={lr}", f"data.cache_dir={args.cache}", "train.precision=fp32"])
+                 + list(more) + [f"optim.lr={lr}", f"data.cache_dir={args.cache}", f"train.precision={precision}"])
     preset = PRESETS[modality_name]
+    label = name if extra is None else "ablation-" + "-".join(o.replace("=", "") for o in extra)
+    run = folder / f"{modality_name}-{label}-lr{lr:g}-{minutes:g}min{tag}"
     config = load_config(preset, overrides)
     modality = MODALITIES[modality_name]
-    # The faster of two medians of 6 updates: a shared host that slows down for a few seconds only
-    # inflates a measurement, and an inflated one would end the run well before its budget.
-    step_s = min(time_updates(config, modality, steps=6)["step_s"] for _ in range(2))
+    parts = round(1 / min(fractions))  # checkpoints: every 1/parts of the updates
     budget = minutes * 60
-    every = max(1, int(budget / (step_s * 1.05)) // 8)  # 1/8 of the updates; the data loader's share: 5 %
+    if (run / "plan.json").exists():
+        step_s = json.loads((run / "plan.json").read_text())["step_s"]
+    else:
+        # The faster of two medians of 6 updates: a shared host that slows down for a few seconds only
+        # inflates a measurement, and an inflated one would end the run well before its budget.
+        step_s = min(time_updates(config, modality, steps=6)["step_s"] for _ in range(2))
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "plan.json").write_text(json.dumps({"step_s": step_s, "minutes": minutes}) + "\n")
+    every = max(1, int(budget / (step_s * 1.05)) // parts)  # 1/parts of the updates; the data loader's share: 5 %
     every = every // 10 * 10 if every >= 100 else every  # round numbers only where that costs < 10 %
-    updates = 8 * every
+    updates = parts * every
     config = load_config(preset, overrides + [
         f"train.max_steps={updates}", f"train.checkpoint_every={every}",
-        "train.keep_checkpoints=8", f"train.log_every={10 if every % 10 == 0 else 1}", f"ema.anneal_steps={updates}",
+        f"train.keep_checkpoints={parts}", f"train.log_every={10 if every % 10 == 0 else 1}",
+        f"ema.anneal_steps={updates}",  # (ema.anneal_fraction in `more`, if given, takes its place)
         f"optim.warmup_steps={max(1, updates // 12)}", f"train.time_budget_s={budget * 2}"])  # a safety net only
     data = modality.pretraining_data(config)
     batch = data.collate([data.dataset[i] for i in range(config.train.batch_size)])
     flops = count_update_flops(build_model(config), batch, torch.device("cpu"))
-    label = name if extra is None else "ablation-" + "-".join(o.replace("=", "") for o in extra)
-    run = folder / f"{modality_name}-{label}-lr{lr:g}-{minutes:g}min"
     start = time.perf_counter()
     pretrain(config, run, progress=not args.no_progress)
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     elapsed = {r["step"]: r["elapsed_s"] for r in rows}  # step: updates done
     points = []
-    for fraction in FRACTIONS:
+    for fraction in fractions:
         step = int(updates * fraction)  # a multiple of `every` and of log_every: a checkpoint and a row exist
         checkpoint = run / "checkpoints" / ("last.pt" if step == updates else f"step_{step:09d}.pt")
         points.append({"fraction": fraction, "updates": step, "seconds": round(elapsed[step], 1),

@@ -7,6 +7,9 @@ A rendered table sits between two markers in a Markdown file (README.md, docs/*.
     | ... the table this script writes ... |
     <!-- /render -->
 
+A JSON-lines file renders the lines whose keys equal the marker's `key=value` pairs (all of them
+without any): `<!-- render: step_speed docs/benchmarks/step_speed.jsonl commit=7e46576 -->`.
+
 `python benchmarks/render_docs.py` rewrites every such table; `--check` only reports the tables that
 differ from their files (tests/test_results.py runs it). Prose numbers name their file instead.
 """
@@ -20,7 +23,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"(<!-- render: (\S+) (\S+) -->\n)(.*?)(<!-- /render -->)", re.S)
+MARKER = re.compile(r"(<!-- render: (\S+) (\S+)((?: \w+=\S+)*) -->\n)(.*?)(<!-- /render -->)", re.S)
 OBJECTIVES = {"data2vec2": "data2vec 2.0", "mae": "MAE", "data2vec1": "data2vec 1.0", "mlm": "MLM"}
 
 
@@ -33,9 +36,10 @@ def row(cells: list) -> str:
 
 
 def efficiency(data: dict) -> list[str]:
-    """One line per pre-training run of benchmarks/efficiency.py: its learning rate, cost, length and
-    accuracy at each checkpoint (probe on the test split; validation and fine-tuning at the last)."""
-    runs = data["runs"]
+    """One line per pre-training run of benchmarks/efficiency.py (and per ablation): its learning rate,
+    cost, length and accuracy at each checkpoint (probe on the test split; validation and fine-tuning
+    at the last)."""
+    runs = data["runs"] + data.get("ablations", [])  # an ablation: data2vec 2.0 with one switch changed
     budget = f"{60 * data['budget_minutes']:,.0f}"
     last = [r["points"][-1] for r in runs]
     finetuned = any("finetune_test" in p for p in last)
@@ -45,11 +49,13 @@ def efficiency(data: dict) -> list[str]:
     lines = [row(head), row(["---"] + ["---:"] * 4 + ["---"] + ["---:"] * (len(head) - 6))]
     for run, end in zip(runs, last):
         curve = ", ".join(pct(p.get("probe_test")) for p in run["points"][:-1])
-        cells = [OBJECTIVES.get(run["objective"], run["objective"]), f"{run['lr']:g}",
+        name = run.get("ablation") or OBJECTIVES.get(run["objective"], run["objective"])
+        cells = [name, f"{run['lr']:g}",
                  f"{run['flops_per_update'] / 1e9:.1f}", f"{end['updates']:,}", f"{end['seconds']:,.0f}",
                  f"{curve}, **{pct(end.get('probe_test'))}** %", f"{pct(end.get('probe_val'))} %"]
         if finetuned:
-            cells.append(f"{pct(end.get('finetune_val'))} / **{pct(end.get('finetune_test'))}** %")
+            cells.append("-" if end.get("finetune_test") is None else
+                         f"{pct(end.get('finetune_val'))} / **{pct(end['finetune_test'])}** %")
         lines.append(row(cells))
     return lines
 
@@ -137,8 +143,224 @@ def screen(data: dict) -> list[str]:
     return lines
 
 
+def pretrain_log(data: dict) -> list[str]:
+    """A pre-training run's metrics.jsonl kept as a results file: the loss and the three stds the
+    collapse guards watch, at updates 25, 100, 250, then every 250, and the last row that has them."""
+    log = [r for r in data["log"] if "local_std" in r]
+    shown = [r for r in log if r["step"] in (25, 100, 250) or r["step"] % 250 == 0]
+    shown += [log[-1]] if log[-1] not in shown else []
+    lines = [row(["update", "loss", "target std", "prediction std", "local std", "seconds"]),
+             row(["---:"] * 6)]
+    for r in shown:
+        lines.append(row([f"{r['step']:,}", f"{r['loss']:.2f}", f"{r['target_std']:.3f}", f"{r['pred_std']:.3f}",
+                          f"{r['local_std']:.3f}", f"{r['elapsed_s']:,.0f}"]))
+    return lines
+
+
+def audio_collapse(data: dict) -> list[str]:
+    """benchmarks/audio_collapse.py: each teacher variant's local std (first -> last logged update)
+    and the keyword-spotting probe of its encoder, with the random init the same probe ran."""
+    lines = [row(["audio-tiny variant (same data, batch, seed)", "local std, update", "loss", "KWS test (val)"]),
+             row(["---", "---", "---:", "---:"])]
+    for v in data["variants"]:
+        first, last = v["first"], v["last"]
+        lines.append(row([v["variant"], f"{first['local_std']:.2f} -> {last['local_std']:.2f} "
+                          f"({first['step']} -> {last['step']})", f"{last['loss']:.2f}",
+                          f"{pct(v['kws_test'])} % ({pct(v['kws_val'])} %)"]))
+    randoms = {(v["random_init_kws_test"], v["random_init_kws_val"]) for v in data["variants"]}
+    for test, val in sorted(randoms):
+        lines.append(row(["random init, same architecture", "", "", f"{pct(test)} % ({pct(val)} %)"]))
+    return lines
+
+
+def text_tiny(data: dict) -> list[str]:
+    """benchmarks/text_tiny.py: the frozen probe and fine-tuning on Rotten Tomatoes, pre-trained
+    against random init, dev (where every choice is made) and test."""
+    lr = data["finetune_chosen_lr"]
+    dev = data["finetune_dev_mean"]
+    lines = [row(["Rotten Tomatoes", "pre-trained", "random init", "gain"]), row(["---", "---:", "---:", "---:"])]
+    for name, ours, theirs in [
+        ("frozen probe, dev", data["probe_dev"]["pretrained"], data["probe_dev"]["random_init"]),
+        ("frozen probe, **test**", data["probe_pretrained"], data["probe_random"]),
+        (f"fine-tuned, dev (mean of {len(data['seeds'])} seeds; lr {lr['pretrained']:g} / {lr['random_init']:g})",
+         dev["pretrained"], dev["random_init"]),
+        (f"fine-tuned, **test** (mean of {len(data['seeds'])} seeds)", data["finetune_pretrained_mean"],
+         data["finetune_random_mean"]),
+    ]:
+        lines.append(row([name, f"{pct(ours, 2)} %", f"{pct(theirs, 2)} %", f"{100 * (ours - theirs):+.1f}"]))
+    return lines
+
+
+def text_search(data: dict) -> list[str]:
+    """The text-tiny variants (benchmarks/text_tiny.py per run): each change to the preset, its
+    length and speed, and the probe of it and of its random init on dev and test."""
+    lines = [row(["change to the preset", "updates", "seconds", "blocks/s (MFU)", "probe dev: pre-trained / random",
+                  "probe test: pre-trained / random"]), row(["---", "---:", "---:", "---:", "---", "---"])]
+    for run in data["runs"]:
+        pre = run["pretraining"]
+        dev, test = run["probe_dev"], (run["probe_pretrained"], run["probe_random"])
+        lines.append(row([
+            run["change"], f"{pre['updates']:,}", f"{pre['seconds']:,.0f}",
+            f"{pre['mean_blocks_per_s']:.0f} ({pct(pre['mean_mfu'], 0)} %)",
+            f"{pct(dev['pretrained'])} / {pct(dev['random_init'])} % ({100 * (dev['pretrained'] - dev['random_init']):+.1f})",
+            f"{pct(test[0])} / {pct(test[1])} % ({100 * (test[0] - test[1]):+.1f})"]))
+    return lines
+
+
+def probe_seeds(data: dict) -> list[str]:
+    """The preset's frozen probe with several `probe-text --seed` values (each draws the random
+    encoder and the logistic regression's start) and their mean."""
+    probes = data["preset_probe_by_seed"]["probes"]
+    lines = [row(["`probe-text --seed`", "probe dev: pre-trained / random", "probe test: pre-trained / random"]),
+             row(["---:", "---", "---"])]
+    for p in probes:
+        lines.append(row([p["seed"], f"{pct(p['pretrained']['dev'])} / {pct(p['random_init']['dev'])} %",
+                          f"{pct(p['pretrained']['test'])} / {pct(p['random_init']['test'])} %"]))
+    mean = {(who, split): sum(p[who][split] for p in probes) / len(probes)
+            for who in ("pretrained", "random_init") for split in ("dev", "test")}
+    cells = ["mean"]
+    for split in ("dev", "test"):
+        ours, theirs = mean["pretrained", split], mean["random_init", split]
+        cells.append(f"{pct(ours)} / {pct(theirs)} % ({100 * (ours - theirs):+.1f})")
+    lines.append(row(cells))
+    return lines
+
+
+def step_speed(lines: list[dict]) -> list[str]:
+    """`data2vec2 benchmark` lines (docs/benchmarks/step_speed.jsonl): one full update per preset,
+    batch and precision, its speed and MFU against the matmul rate measured in the same run."""
+    out = [row(["preset", "overrides", "precision", "s / update", "samples / s", "achieved GFLOP/s",
+                "matmul peak GFLOP/s", "MFU"]), row(["---", "---", "---", "---:", "---:", "---:", "---:", "---:"])]
+    for line in lines:
+        precision = {"float32": "fp32", "bfloat16": "bf16"}.get(line["precision"], line["precision"])
+        samples = line["samples_per_s"]
+        out.append(row([f"`{line['preset']}`", " ".join(f"`{o}`" for o in line["overrides"]) or "-", precision,
+                        f"{line['step_s']:.3g}", f"{samples:.3g}" if samples < 10 else f"{samples:.0f}",
+                        f"{line['achieved_gflops']:.0f}", f"{line.get('matmul_peak_gflops', line.get('peak_gflops')):.0f}",
+                        f"{pct(line['mfu'], 0)} %"]))
+    return out
+
+
+def finetune_recipe(data: dict) -> list[str]:
+    """benchmarks/finetune_recipe.py: the validation accuracy of every (peak LR, layer decay) for
+    each encoder, and their mean, which chooses the recipe (in bold)."""
+    names = {e: (OBJECTIVES.get(next((o for o in OBJECTIVES if f"-{o}-" in e), ""), e)) for e in data["encoders"]}
+    grid: dict = {}
+    for r in data["rows"]:
+        grid.setdefault((r["lr"], r["layer_decay"]), {})[r["encoder"]] = r["val"]
+    means = {key: sum(vals.values()) / len(vals) for key, vals in grid.items()}
+    best = max(means, key=means.get)
+    lines = [row(["peak LR", "layer decay"] + [names[e] for e in data["encoders"]] + ["mean"]),
+             row(["---:"] * (3 + len(data["encoders"])))]
+    for key, vals in grid.items():
+        cells = [f"{key[0]:g}", f"{key[1]:g}"] + [f"{pct(vals.get(e))} %" for e in data["encoders"]]
+        cells.append(f"{pct(means[key])} %")
+        lines.append(row([f"**{c}**" for c in cells] if key == best else cells))
+    return lines
+
+
+def ctc_runs(data: dict) -> list[str]:
+    """benchmarks/finetune_results.py of a CTC --compare run: each init's validation CER at every
+    validation, the checkpoint the run chose (by its metric) and that checkpoint's test WER / CER."""
+    inits = {"pretrained": "pre-trained", "random_init": "random init"}
+    curve = data["pretrained"]["valid_curve"]
+    tests = [k for k in data["pretrained"]["scores"] if k != "valid"]
+    lines = [row(["encoder", "valid CER at " + " / ".join(f"{p['step']:,}" for p in curve),
+                  f"checkpoint (best {data['metric'].upper()})"]
+                 + [f"{Path(t).stem}: WER / CER" for t in tests]), row(["---", "---", "---:"] + ["---:"] * len(tests))]
+    for name, label in inits.items():
+        r = data[name]
+        cers = [p["cer"] for p in r["valid_curve"]]
+        best = min(cers)
+        cells = [label, " / ".join(f"**{pct(c)}**" if c == best else pct(c) for c in cers) + " %", f"{r['best_step']:,}"]
+        cells += [f"{pct(r['scores'][t]['wer'])} / {pct(r['scores'][t]['cer'])} %" for t in tests]
+        lines.append(row(cells))
+    return lines
+
+
+def predicted_scores(data: dict) -> list[str]:
+    """`data2vec2 predict --summary` of checkpoints on labelled splits (one entry per "init-split"):
+    the checkpoint and each split's scores."""
+    entries = {k: v for k, v in data.items() if k != "header"}
+    splits = sorted({k.split("-", 1)[1] for k in entries})
+    metrics = list(next(iter(entries.values()))["scores"])
+    lines = [row(["encoder", "checkpoint"] + [f"{s}: {' / '.join(m.upper() for m in metrics)}" for s in splits]),
+             row(["---", "---:"] + ["---:"] * len(splits))]
+    for init in dict.fromkeys(k.split("-", 1)[0] for k in entries):
+        first = entries[f"{init}-{splits[0]}"]
+        step = Path(first["model"]).stem.split("_")[-1]
+        cells = [init.replace("_", " ").replace("pretrained", "pre-trained"), f"{int(step):,}" if step.isdigit() else step]
+        cells += [" / ".join(pct(entries[f"{init}-{s}"]["scores"][m]) for m in metrics) + " %" for s in splits]
+        lines.append(row(cells))
+    return lines
+
+
+def preset_memory(data: dict) -> list[str]:
+    """benchmarks/preset_memory.py: each preset's student and teacher parameters and the fp32
+    training state they need (weights, gradients and AdamW moments of the student; teacher weights)."""
+    lines = [row(["preset", "student", "teacher", "state"]), row(["---", "---:", "---:", "---:"])]
+    for p in data["presets"]:
+        lines.append(row([p["preset"], f"{p['student_params_m']:.1f} M", f"{p['teacher_params_m']:.1f} M",
+                          f"{p['state_gib']:.2f} GiB"]))
+    return lines
+
+
+def fsdp_state(data: dict) -> list[str]:
+    """benchmarks/fsdp_state.py: what one process holds of a preset's state after an update, by the
+    number of processes (the first process's share)."""
+    lines = [row(["processes", "student weights", "teacher weights", "AdamW moments", "per process"]),
+             row(["---:"] * 5)]
+    for r in data["rows"]:
+        held = r["per_process"][0]
+        lines.append(row([r["processes"]] + [f"{held[k]:.1f} MiB" for k in
+                                             ("student_weights_mib", "teacher_weights_mib", "adamw_moments_mib",
+                                              "total_mib")]))
+    return lines
+
+
+def busy_core(data: dict) -> list[str]:
+    """benchmarks/busy_core.py: seconds per update with the cores quiet and beside one busy process,
+    for each choice of threads and workers."""
+    lines = [row(["threads and workers", "quiet s / update", "busy s / update", "slowdown"]), row(["---"] + ["---:"] * 3)]
+    for name, r in data["results"].items():
+        lines.append(row([name, f"{r['quiet_s_per_update']:.2f}", f"{r['busy_s_per_update']:.2f}",
+                          f"{r['slowdown']:.2f}x"]))
+    return lines
+
+
+def kill_loop(data: dict) -> list[str]:
+    """benchmarks/kill_loop.py: per modality, the kills, the checkpoint files checked after them and
+    how the interrupted run's losses and weights compare with the uninterrupted one."""
+    lines = [row(["modality (preset)", "kills during training / during a checkpoint write", "checkpoint files checked",
+                  "updates with equal loss", "max loss difference", "final student and teacher weights"]),
+             row(["---", "---:", "---:", "---:", "---:", "---"])]
+    for modality, r in data["results"].items():
+        k = r["kills"]
+        lines.append(row([f"{modality} ({r['preset']})", f"{k['during_training']} / {k['checkpoint_write']}",
+                          k["checkpoints_checked"], f"{r['losses_equal']} of {r['updates']}", f"{r['max_loss_diff']:g}",
+                          "bitwise equal" if r["weights_bitwise_equal"] else f"max difference {r['max_weight_diff']:g}"]))
+    return lines
+
+
+def probe_subset_cost(data: dict) -> list[str]:
+    """benchmarks/probe_subset_cost.py: the linear probe learning from part of the training images,
+    for the pre-trained encoder and the random init (the same features)."""
+    res = data["results"]
+    sizes = [k for k in res["pretrained"] if k.isdigit()]
+    lines = [row(["probe training images", "pre-trained", "random init", "gain"]), row(["---:"] * 4)]
+    for n in sizes:
+        lines.append(row([f"{int(n):,}", f"{pct(res['pretrained'][n]['probe_acc'], 2)} %",
+                          f"{pct(res['random'][n]['probe_acc'], 2)} %", f"{res['gain_points'][n]:+.2f}"]))
+    return lines
+
+
 RENDERERS = {"efficiency": efficiency, "ctc_lm": ctc_lm, "predict_speed": predict_speed, "finetune": finetune,
-             "finetune_seeds": finetune_seeds, "screen": screen}
+             "finetune_seeds": finetune_seeds, "screen": screen, "pretrain_log": pretrain_log,
+             "audio_collapse": audio_collapse, "text_tiny": text_tiny, "text_search": text_search,
+             "probe_seeds": probe_seeds, "step_speed": step_speed,
+             "finetune_recipe": finetune_recipe, "ctc_runs": ctc_runs, "predicted_scores": predicted_scores,
+             "preset_memory": preset_memory, "fsdp_state": fsdp_state, "busy_core": busy_core,
+             "kill_loop": kill_loop, "probe_subset_cost": probe_subset_cost}
 
 
 def render(text: str, where: Path) -> str:
@@ -147,8 +369,14 @@ def render(text: str, where: Path) -> str:
         name, source = match.group(2), match.group(3)
         if name not in RENDERERS:
             raise SystemExit(f"{where}: no renderer {name!r} (have {', '.join(RENDERERS)})")
-        data = json.loads((ROOT / source).read_text())
-        return match.group(1) + "\n".join(RENDERERS[name](data)) + "\n" + match.group(5)
+        text = (ROOT / source).read_text()
+        if source.endswith(".jsonl"):
+            wanted = dict(pair.split("=", 1) for pair in match.group(4).split())
+            data = [line for line in map(json.loads, text.splitlines())
+                    if all(str(line.get(k)) == v for k, v in wanted.items())]
+        else:
+            data = json.loads(text)
+        return match.group(1) + "\n".join(RENDERERS[name](data)) + "\n" + match.group(6)
     return MARKER.sub(table, text)
 
 

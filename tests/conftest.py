@@ -5,7 +5,6 @@ import importlib
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from data2vec2.modalities import MODALITIES
@@ -48,39 +47,18 @@ def audio_manifest(small_data) -> Path:
 
 @pytest.fixture(scope="session")
 def labelled_audio(tmp_path_factory) -> dict[str, Path]:
-    """Manifests (path, samples, label) of 24 real English prompts of at most 3 s: "ctc" with their
-    transcripts (A-Z, apostrophe, space), "classes" with two classes (alternating)."""
-    from data2vec2.modalities.audio.corpus import _asterisk_transcripts, letters
-    from data2vec2.modalities.audio.data import num_samples_16k
-
-    texts = _asterisk_transcripts("en")
-    rows = []
-    for f in sorted(ALLISON.glob("*.wav")) if ALLISON.is_dir() else []:
-        text, n = letters(texts.get(f.stem, "")), num_samples_16k(f)
-        if text and not texts[f.stem].startswith("[") and n <= 48000:
-            rows.append((str(f), n, text))
-        if len(rows) == 24:
-            break
-    if len(rows) < 24:
+    """Manifests of 24 real English prompts: "ctc" with their transcripts, "classes" with two classes
+    (modalities/audio/testing.py)."""
+    manifests = settings_of("audio").labelled_data(tmp_path_factory.mktemp("labelled"))
+    if manifests is None:
         pytest.skip("asterisk-core-sounds-en-wav is not installed (scripts/install.sh installs it)")
-    folder = tmp_path_factory.mktemp("labelled")
-    (folder / "ctc.tsv").write_text("".join(f"{p}\t{n}\t{t}\n" for p, n, t in rows))
-    (folder / "classes.tsv").write_text("".join(f"{p}\t{n}\t{'AB'[i % 2]}\n" for i, (p, n, _) in enumerate(rows)))
-    return {"ctc": folder / "ctc.tsv", "classes": folder / "classes.tsv"}
+    return manifests
 
 
 @pytest.fixture(scope="session")
 def glue_tsv(real_text, tmp_path_factory) -> Path:
-    """A GLUE-format sentence task from real text: up to 80 quotes of the fortunes, labelled by the
-    file (of two) they come from, shuffled."""
-    folder = tmp_path_factory.mktemp("glue")
-    rows = []
-    for label, path in enumerate(sorted(real_text.glob("*.txt"))):
-        quotes = [" ".join(q.split())[:200] for q in path.read_text().split("\n\n") if q.strip()]
-        rows += [(q.replace("\t", " "), label) for q in quotes[:40]]
-    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    (folder / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{q}\t{y}\n" for q, y in rows))
-    return folder / "train.tsv"
+    """A GLUE-format sentence task from real text (modalities/text/testing.py)."""
+    return settings_of("text").glue_task(real_text, tmp_path_factory.mktemp("glue"))
 
 
 @pytest.fixture(scope="session")

@@ -140,7 +140,8 @@ def test_the_table_lists_each_modality_folder_once():
 
 
 TESTS = Path(__file__).parent
-TEST_SETTINGS = ("SMALL", "small_data", "STEP_CASES", "step_batch", "BASELINES", "half_bad_data")
+TEST_SETTINGS = ("SMALL", "small_data", "STEP_CASES", "step_batch", "BASELINES", "half_bad_data", "FINETUNE",
+                 "finetune_data")
 
 
 def test_every_modality_folder_has_its_test_settings():

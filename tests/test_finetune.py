@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL, SMALL_AUDIO, SMALL_TEXT
+from conftest import settings_of
 from PIL import Image
 
 import data2vec2
@@ -23,86 +23,69 @@ from data2vec2.modalities import MODALITIES
 from data2vec2.train.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-# a small version of each task's tiny preset: same code paths, tiny sizes (every augmentation on)
-TASKS = {
-    ("image", "classification"): ("image-cls-tiny", [
-        "train.batch_size=16", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
-        "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3", "finetune.valid_size=40",
-        "finetune.test=[]", "data.limit=200", "data.num_workers=0", "data.randaugment=2", "data.random_erasing=0.5",
-        "data.mixup=0.8", "data.cutmix=1.0", "data.mix_prob=0.9"]),
-    # the encoder frozen for the first 2 updates, then trained; masks, layerdrop and dropout on
-    ("audio", "ctc"): ("audio-ctc-tiny", [
-        "train.batch_size=4", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
-        "train.time_budget_s=0", "optim.warmup_steps=2", "optim.hold_steps=1", "finetune.eval_every=3",
-        "finetune.valid_size=4", "finetune.test=[]", "finetune.freeze_steps=2", "data.num_workers=0",
-        "data.max_samples=48000", "data.channel_mask_length=4"]),
-    ("audio", "classification"): ("audio-cls-tiny", [
-        "train.batch_size=4", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
-        "train.time_budget_s=0", "optim.warmup_steps=2", "optim.hold_steps=1", "finetune.eval_every=3",
-        "finetune.valid_size=4", "finetune.test=[]", "finetune.freeze_steps=2", "data.num_workers=0",
-        "data.channel_mask_length=4"]),
-    ("text", "classification"): ("text-cls-tiny", [
-        "train.batch_size=8", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
-        "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3", "finetune.valid=",
-        "finetune.valid_size=16", "finetune.test=[]", "finetune.freeze_steps=2"]),
-    ("text", "regression"): ("text-cls-tiny", [
-        "finetune.task=regression", "train.batch_size=8", "train.max_steps=6", "train.log_every=1",
-        "train.precision=fp32", "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3",
-        "finetune.valid=", "finetune.valid_size=16", "finetune.test=[]"]),
-}
+# a small version of each task's tiny preset, (modality, task) -> (preset, overrides): each modality
+# folder's testing.py (FINETUNE), so a new modality's tasks are tested without an edit here
+TASKS = {(name, task): settings for name in MODALITIES for task, settings in settings_of(name).FINETUNE.items()}
 # no dropout, drop path or layerdrop: their draws differ between 2 processes and 1
 DETERMINISTIC = ["model.drop_path=0", "model.layerdrop=0", "model.dropout=0", "model.attention_dropout=0",
                  "model.activation_dropout=0", "model.post_mlp_dropout=0", "model.prenet_dropout=0"]
 
 
 @pytest.fixture(scope="session")
-def image_init(cache_dir, tmp_path_factory) -> Path:
-    """A pre-training run of a very small image-tiny (5 updates): the encoder fine-tuning starts from."""
-    run = tmp_path_factory.mktemp("pretrained") / "run"
-    data2vec2.pretrain(data2vec2.load_config("image-tiny", SMALL + [f"data.cache_dir={cache_dir}", "train.max_steps=5"]),
-                       run, progress=False)
-    return run
+def pretrained(small_data, tmp_path_factory):
+    """pretrained(modality): a run of a very small <modality>-tiny (3 updates on the modality's small
+    real data, its testing.py), pre-trained once a session: the encoder fine-tuning starts from."""
+    runs: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in runs:
+            runs[name] = tmp_path_factory.mktemp(f"pretrained-{name}") / "run"
+            config = data2vec2.load_config(f"{name}-tiny", settings_of(name).SMALL + small_data(name)
+                                           + ["train.max_steps=3"])
+            data2vec2.pretrain(config, runs[name], progress=False)
+        return runs[name]
+    return get
 
 
 @pytest.fixture(scope="session")
-def audio_init(audio_manifest, tmp_path_factory) -> Path:
-    """A pre-training run of a very small audio-tiny (3 updates)."""
-    run = tmp_path_factory.mktemp("pretrained-audio") / "run"
-    data2vec2.pretrain(data2vec2.load_config("audio-tiny", SMALL_AUDIO + [f"data.train={audio_manifest}",
-                                                                          "train.max_steps=3"]), run, progress=False)
-    return run
+def image_init(pretrained) -> Path:
+    return pretrained("image")
 
 
 @pytest.fixture(scope="session")
-def text_init(real_text, tokenizer_file, tmp_path_factory) -> Path:
-    """A pre-training run of a very small text-tiny (3 updates) with its tokenizer."""
-    folder = tmp_path_factory.mktemp("pretrained-text")
-    data2vec2.pretrain(data2vec2.load_config("text-tiny", SMALL_TEXT + [
-        f"data.train={real_text}", f"data.tokenizer={tokenizer_file}", f"data.cache_dir={folder / 'cache'}",
-        "train.max_steps=3"]), folder / "run", progress=False)
-    return folder / "run"
+def audio_init(pretrained) -> Path:
+    return pretrained("audio")
+
+
+@pytest.fixture(scope="session")
+def text_init(pretrained) -> Path:
+    return pretrained("text")
+
+
+@pytest.fixture(scope="session")
+def task_data(small_data, tmp_path_factory):
+    """task_data(modality, task): the data overrides of the task's labelled data (the modality
+    folder's testing.finetune_data), written once a session."""
+    made: dict = {}
+
+    def get(modality: str, name: str) -> list[str]:
+        if (modality, name) not in made:
+            folder = tmp_path_factory.mktemp(f"{modality}-{name}")
+            made[modality, name] = settings_of(modality).finetune_data(name, folder, small_data(modality))
+        if made[modality, name] is None:
+            pytest.skip(f"the labelled data of {modality} {name} is not installed (scripts/install.sh installs it)")
+        return made[modality, name]
+    return get
 
 
 @pytest.fixture(params=list(TASKS), ids=lambda key: "-".join(key))
-def task(request, cache_dir) -> tuple[str, list[str]]:
+def task(request, cache_dir, task_data) -> tuple[str, list[str]]:
     """(preset, overrides) of a tiny fine-tuning of each task, from a tiny pre-trained encoder, on
     tiny real data."""
     modality, name = request.param
     preset, overrides = TASKS[request.param]
-    init = request.getfixturevalue(f"{modality}_init")
-    if modality == "audio":
-        data = [f"data.train={request.getfixturevalue('labelled_audio')['ctc' if name == 'ctc' else 'classes']}"]
-    elif modality == "text":
-        glue = request.getfixturevalue("glue_tsv")
-        data = [f"data.train={glue}"]
-        if name == "regression":  # a number per sentence: its length in characters / 100
-            values = glue.with_name("values.tsv")
-            rows = [line.split("\t")[0] for line in glue.read_text().splitlines()[1:]]
-            values.write_text("sentence\tlabel\n" + "".join(f"{r}\t{len(r) / 100:.2f}\n" for r in rows))
-            data = [f"data.train={values}"]
-    else:
-        data = []
-    return preset, overrides + [f"finetune.init={init}", f"data.cache_dir={cache_dir}"] + data
+    init = request.getfixturevalue("pretrained")(modality)
+    return preset, overrides + [f"finetune.init={init}", f"data.cache_dir={cache_dir}"] + task_data(modality, name)
 
 
 def run(preset: str, overrides: list[str], run_dir: Path, **options) -> dict:

@@ -8,7 +8,8 @@ from conftest import SMALL
 from data2vec2 import build_model, load_config
 from data2vec2.masking import make_masks
 from data2vec2.modalities.image.encoder import sincos_positions_2d
-from data2vec2.nn.ema import ema_decay, ema_update
+from data2vec2.errors import ConfigError
+from data2vec2.nn.ema import ema_decay, ema_update, sized_to_run
 
 
 def small_model(extra=()):
@@ -35,6 +36,26 @@ def test_ema_schedule_values():
     assert ema_decay(10**7, 0.9998, 1.0, 300_000) == 1.0
     values = [ema_decay(t, 0.999, 0.9999, 1000) for t in range(0, 1200, 100)]
     assert all(a < b for a, b in zip(values[:10], values[1:11])) and values[-1] == values[-2] == 0.9999
+
+
+def test_a_teacher_sized_to_the_run():
+    """ema.start_half_life / end_half_life / anneal_fraction: fractions of train.max_steps. After h
+    updates at the derived decay half of the teacher is its old self; the reference's image-base
+    schedule reads back from its fractions; all 0 keeps the preset's schedule."""
+    decay, end, anneal = sized_to_run(0.999, 0.9999, 1200, 720, 1 / 16, 1 / 4, 1 / 2)
+    assert decay ** (720 / 16) == pytest.approx(0.5) and end ** (720 / 4) == pytest.approx(0.5) and anneal == 360
+    ref = sized_to_run(0.0, 0.0, 0, 375_300, 3465.4 / 375_300, 69_314.4 / 375_300, 100_000 / 375_300)
+    assert ref[0] == pytest.approx(0.9998, abs=1e-8) and ref[1] == pytest.approx(0.99999, abs=1e-9)
+    assert ref[2] == 100_000
+    assert sized_to_run(0.999, 0.9999, 1200, 720) == (0.999, 0.9999, 1200)
+    model, config = small_model(["train.max_steps=800", "ema.start_half_life=0.0625", "ema.end_half_life=0.25",
+                                 "ema.anneal_fraction=0.5"])
+    assert model.ema_decay(0) == pytest.approx(0.5 ** (1 / 50)) and model.ema_decay(400) == pytest.approx(0.5 ** (1 / 200))
+    assert model.ema_decay(200) == pytest.approx((0.5 ** (1 / 50) + 0.5 ** (1 / 200)) / 2)
+    default, _ = small_model()
+    assert default.ema_decay(0) == config.ema.decay == 0.999
+    with pytest.raises(ConfigError, match="ema.anneal_fraction"):
+        load_config("image-tiny", ["ema.anneal_fraction=1.5"])
 
 
 def test_ema_update_rule_and_freeze():

@@ -109,6 +109,13 @@ class EMAConfig:
     decay: float = 0.9998  # tau_0
     end_decay: float = 0.99999  # tau_e
     anneal_steps: int = 100_000  # linear ramp tau_0 -> tau_e over this many updates
+    # A teacher sized to the run (each 0: off, the value above as written). A decay from the teacher's
+    # half-life h, tau = 0.5 ** (1 / h), with h this fraction of train.max_steps; the ramp ending at
+    # anneal_fraction of train.max_steps. The reference's image-base schedule in these units:
+    # 0.0092 -> 0.185, annealed over 0.266 of its 375,300 updates (nn/ema.py, sized_to_run).
+    start_half_life: float = 0.0
+    end_half_life: float = 0.0
+    anneal_fraction: float = 0.0
 
 
 @dataclass
@@ -271,6 +278,9 @@ class Config:
              f"must be >= 1 and divide decoder.dim={decoder.dim}"),
             (self.loss.beta >= 0, "loss.beta", "must be >= 0 (0: L2, > 0: smooth L1)"),
             (0.0 <= self.ema.decay <= 1.0 and 0.0 <= self.ema.end_decay <= 1.0, "ema.decay", "must be in [0, 1]"),
+            (self.ema.start_half_life >= 0, "ema.start_half_life", "must be >= 0 (a fraction of train.max_steps; 0: off)"),
+            (self.ema.end_half_life >= 0, "ema.end_half_life", "must be >= 0 (a fraction of train.max_steps; 0: off)"),
+            (0.0 <= self.ema.anneal_fraction <= 1.0, "ema.anneal_fraction", "must be in [0, 1] (0: off)"),
             (optim.lr > 0, "optim.lr", "must be > 0"),
             (optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0"),
             (optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {', '.join(SCHEDULES)}"),
@@ -322,7 +332,8 @@ class Config:
 MATHEMATICAL_SECTIONS = ("model", "decoder", "masking", "targets", "loss", "ema")
 # Keys of those sections added after configs were first saved. Their defaults are what every earlier
 # version did, so a saved config without them still loads, and means what it meant.
-LATER_KEYS = ("decoder.num_heads", "decoder.kind", "masking.drop_masked")
+LATER_KEYS = ("decoder.num_heads", "decoder.kind", "masking.drop_masked", "ema.start_half_life", "ema.end_half_life",
+              "ema.anneal_fraction")
 
 
 class ConfigWarning(UserWarning):

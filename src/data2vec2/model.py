@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .config import Config, ModelConfig
 from .encoder import Encoder, MaskInfo, gather_tokens, init_bert
-from .nn.ema import ema_decay, ema_update, make_teacher
+from .nn.ema import ema_decay, ema_update, make_teacher, sized_to_run
 
 if TYPE_CHECKING:
     from .modality import Modality
@@ -165,7 +165,9 @@ class Data2Vec2(PretrainingObjective):
     # -- teacher --------------------------------------------------------------------------
     def ema_decay(self, step: int) -> float:
         ema = self.config.ema
-        return ema_decay(step, ema.decay, ema.end_decay, ema.anneal_steps)
+        schedule = sized_to_run(ema.decay, ema.end_decay, ema.anneal_steps, self.config.train.max_steps,
+                                ema.start_half_life, ema.end_half_life, ema.anneal_fraction)
+        return ema_decay(step, *schedule)
 
     @torch.no_grad()
     def update_teacher(self, step: int) -> float:

@@ -22,6 +22,21 @@ def ema_decay(step: int, decay: float, end_decay: float, anneal_steps: int) -> f
     return end_decay - (end_decay - decay) * (1.0 - step / anneal_steps)
 
 
+def sized_to_run(decay: float, end_decay: float, anneal_steps: int, run_steps: int, start_half_life: float = 0.0,
+                 end_half_life: float = 0.0, anneal_fraction: float = 0.0) -> tuple[float, float, int]:
+    """(tau_0, tau_e, n) with each setting given relative to a run of `run_steps` updates in place of
+    its absolute value: a decay from the teacher's half-life h = fraction x run_steps updates (after h
+    updates at tau = 0.5 ** (1 / h) half of the teacher is still what it was), the ramp's end at
+    anneal_fraction x run_steps. A fraction of 0 keeps the absolute value."""
+    if start_half_life > 0:
+        decay = 0.5 ** (1.0 / max(start_half_life * run_steps, 1e-9))
+    if end_half_life > 0:
+        end_decay = 0.5 ** (1.0 / max(end_half_life * run_steps, 1e-9))
+    if anneal_fraction > 0:
+        anneal_steps = max(1, round(anneal_fraction * run_steps))
+    return decay, end_decay, anneal_steps
+
+
 def make_teacher(student_part: nn.Module, leave_out: tuple[str, ...] = ()) -> nn.Module:
     """An fp32 copy of `student_part` that never receives gradients and always runs in eval mode.
     The submodules named in `leave_out` are not copied (the teacher shares the student's)."""

@@ -70,3 +70,47 @@ def half_bad_data(root: Path) -> list[str]:
         lines += [f"good{i}.wav\t16000", f"bad{i}.wav\t16000"]
     (root / "train.tsv").write_text("\n".join(lines) + "\n")
     return [f"data.train={root / 'train.tsv'}"]
+
+
+# Fine-tuning (tests/test_finetune.py): a small version of each task's tiny preset, task -> (preset,
+# overrides): the encoder frozen for the first 2 updates, then trained; masks, layerdrop and dropout on.
+FINETUNE = {
+    "ctc": ("audio-ctc-tiny", [
+        "train.batch_size=4", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
+        "train.time_budget_s=0", "optim.warmup_steps=2", "optim.hold_steps=1", "finetune.eval_every=3",
+        "finetune.valid_size=4", "finetune.test=[]", "finetune.freeze_steps=2", "data.num_workers=0",
+        "data.max_samples=48000", "data.channel_mask_length=4"]),
+    "classification": ("audio-cls-tiny", [
+        "train.batch_size=4", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
+        "train.time_budget_s=0", "optim.warmup_steps=2", "optim.hold_steps=1", "finetune.eval_every=3",
+        "finetune.valid_size=4", "finetune.test=[]", "finetune.freeze_steps=2", "data.num_workers=0",
+        "data.channel_mask_length=4"]),
+}
+
+
+def labelled_data(folder: Path) -> dict[str, Path] | None:
+    """Manifests (path, samples, label) of 24 real English prompts of at most 3 s under `folder`:
+    "ctc" with their transcripts (A-Z, apostrophe, space), "classes" with two classes (alternating)."""
+    from .corpus import _asterisk_transcripts, letters
+    from .data import num_samples_16k
+
+    texts = _asterisk_transcripts("en")
+    rows = []
+    for f in sorted(ALLISON.glob("*.wav")) if ALLISON.is_dir() else []:
+        text, n = letters(texts.get(f.stem, "")), num_samples_16k(f)
+        if text and not texts[f.stem].startswith("[") and n <= 48000:
+            rows.append((str(f), n, text))
+        if len(rows) == 24:
+            break
+    if len(rows) < 24:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ctc.tsv").write_text("".join(f"{p}\t{n}\t{t}\n" for p, n, t in rows))
+    (folder / "classes.tsv").write_text("".join(f"{p}\t{n}\t{'AB'[i % 2]}\n" for i, (p, n, _) in enumerate(rows)))
+    return {"ctc": folder / "ctc.tsv", "classes": folder / "classes.tsv"}
+
+
+def finetune_data(task: str, folder: Path, small: list[str]) -> list[str] | None:
+    """The labelled data of `task` (None when the prompts are not installed)."""
+    manifests = labelled_data(folder)
+    return None if manifests is None else [f"data.train={manifests['ctc' if task == 'ctc' else 'classes']}"]

@@ -60,3 +60,18 @@ def half_bad_data(root: Path) -> list[str]:
         Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / f"good{i}.png")
         (root / f"bad{i}.png").write_bytes(b"\x89PNG not an image")
     return [f"data.train={root}", "data.limit=0"]
+
+
+# Fine-tuning (tests/test_finetune.py): a small version of each task's tiny preset (every augmentation
+# on), task -> (preset, overrides), and the labelled data each task trains on.
+FINETUNE = {"classification": ("image-cls-tiny", [
+    "train.batch_size=16", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
+    "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3", "finetune.valid_size=40",
+    "finetune.test=[]", "data.limit=200", "data.num_workers=0", "data.randaugment=2", "data.random_erasing=0.5",
+    "data.mixup=0.8", "data.cutmix=1.0", "data.mix_prob=0.9"])}
+
+
+def finetune_data(task: str, folder: Path, small: list[str]) -> list[str]:
+    """The labelled data of `task`: Fashion-MNIST's labels, in the cache that `small` (small_data's
+    overrides) names, which the fine-tuning reads through its data.cache_dir."""
+    return []

@@ -85,3 +85,42 @@ BASELINES = ("data2vec1", "mlm")
 # No unreadable samples at training time: a bad file is skipped (or stops the run) when the corpus is
 # tokenized, before the first update (tests/test_text.py), not in the loader (tests/test_faults.py).
 half_bad_data = None
+
+
+# Fine-tuning (tests/test_finetune.py): a small version of each task's tiny preset, task -> (preset,
+# overrides), and the labelled data each task trains on.
+FINETUNE = {
+    "classification": ("text-cls-tiny", [
+        "train.batch_size=8", "train.max_steps=6", "train.log_every=1", "train.precision=fp32",
+        "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3", "finetune.valid=",
+        "finetune.valid_size=16", "finetune.test=[]", "finetune.freeze_steps=2"]),
+    "regression": ("text-cls-tiny", [
+        "finetune.task=regression", "train.batch_size=8", "train.max_steps=6", "train.log_every=1",
+        "train.precision=fp32", "train.time_budget_s=0", "optim.warmup_steps=2", "finetune.eval_every=3",
+        "finetune.valid=", "finetune.valid_size=16", "finetune.test=[]"]),
+}
+
+
+def glue_task(text: Path, folder: Path) -> Path:
+    """A GLUE-format sentence task from the real text of `text` (small_data's): up to 80 quotes,
+    labelled by the file (of two) they come from, shuffled; `folder`/train.tsv."""
+    rows = []
+    for label, path in enumerate(sorted(text.glob("*.txt"))):
+        quotes = [" ".join(q.split())[:200] for q in path.read_text().split("\n\n") if q.strip()]
+        rows += [(q.replace("\t", " "), label) for q in quotes[:40]]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{q}\t{y}\n" for q, y in rows))
+    return folder / "train.tsv"
+
+
+def finetune_data(task: str, folder: Path, small: list[str]) -> list[str]:
+    """The labelled data of `task`: the GLUE-format task of glue_task; for regression, a number per
+    sentence (its length in characters / 100)."""
+    glue = glue_task(Path(dict(o.split("=", 1) for o in small)["data.train"]), folder)
+    if task != "regression":
+        return [f"data.train={glue}"]
+    sentences = [line.split("\t")[0] for line in glue.read_text().splitlines()[1:]]
+    values = folder / "values.tsv"
+    values.write_text("sentence\tlabel\n" + "".join(f"{s}\t{len(s) / 100:.2f}\n" for s in sentences))
+    return [f"data.train={values}"]
