@@ -50,8 +50,8 @@ GRIDS = {
         "EMA 0.999 -> 0.9999 over the run (the preset)": [],
         "sized as the reference's image-base: half-life 0.0092 -> 0.185 of the run, annealed over 0.266":
             ["ema.start_half_life=0.0092", "ema.end_half_life=0.185", "ema.anneal_fraction=0.266"],
-        "faster: half-life 0.0092 -> 0.05 of the run, annealed over 0.266":
-            ["ema.start_half_life=0.0092", "ema.end_half_life=0.05", "ema.anneal_fraction=0.266"],
+        "between the two: half-life 0.1 -> 1 of the run, annealed over all of it":
+            ["ema.start_half_life=0.1", "ema.end_half_life=1", "ema.anneal_fraction=1"],
     },
     "mae": {
         "mask ratio 0.6": ["masking.mask_prob=0.6"],
@@ -143,6 +143,40 @@ def ratios(runs: dict, metric: str) -> list[dict]:
     return out
 
 
+def plot(state: dict, out: Path) -> None:
+    """Accuracy against pre-training seconds and against FLOPs (one file each): the probe from all
+    labels, from 1 % of them and kNN, a line per objective, the reference rows dashed."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = (("probe_test", "linear probe, all labels"), ("probe_test_01", "linear probe, 1 % of labels"),
+               ("knn_test", "kNN"))
+    for axis, label in (("seconds", "pre-training seconds"), ("flops", "pre-training FLOPs")):
+        fig, panes = plt.subplots(1, len(metrics), figsize=(13, 4))
+        for pane, (metric, title) in zip(panes, metrics):
+            for name, run in state["runs"].items():
+                points = [p for p in run["points"] if metric in p]
+                if points:
+                    pane.plot([p[axis] for p in points], [100 * p[metric] for p in points], marker="o",
+                              label={"data2vec2": "data2vec 2.0", "mae": "MAE"}.get(name, name))
+            for name, ref in state["references"].items():
+                pane.axhline(100 * ref[metric], linestyle="--", color="grey" if name == "raw pixels" else "black",
+                             linewidth=1, label=name)
+            pane.set_xscale("log")
+            pane.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            pane.set_xlabel(label)
+            pane.set_ylabel("test accuracy (%)")
+            pane.set_title(title)
+            pane.grid(alpha=0.3)
+            pane.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out.with_name(f"{out.stem}_{axis}.png"), dpi=110)
+        plt.close(fig)
+
+
 def finetune_run(init: str, random_init: bool, minutes: float, cache: str, folder: Path, quick: bool) -> dict:
     """`data2vec2 finetune image-cls-tiny` (its recipe) from `init` (`random_init`: its architecture
     with random weights), for `minutes`; its best checkpoint by validation accuracy scored on the
@@ -196,6 +230,8 @@ def main() -> None:
                                                                   "knn_test")} if len(state["runs"]) > 1 else {}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(state, indent=1) + "\n")
+        if any("probe_test" in p for run in state["runs"].values() for p in run["points"]):
+            plot(state, out)
 
     torch.manual_seed(0)
     features = Features(args.cache, args.draws, args.quick)

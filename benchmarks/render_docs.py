@@ -354,13 +354,67 @@ def probe_subset_cost(data: dict) -> list[str]:
     return lines
 
 
+def trend_tuning(data: dict) -> list[str]:
+    """benchmarks/efficiency_trend.py's tuning grids: each setting's short run and its validation
+    probe (the best of each objective in bold: the setting of its long run)."""
+    lines = [row(["objective", "setting", "updates", "seconds", "probe validation"]),
+             row(["---", "---", "---:", "---:", "---:"])]
+    tuned = list(data["tuning"].values())
+    for t in tuned:
+        best = max((u for u in tuned if u["objective"] == t["objective"]), key=lambda u: u["points"][-1]["probe_val"])
+        end = t["points"][-1]
+        value = f"{pct(end['probe_val'])} %"
+        lines.append(row([OBJECTIVES[t["objective"]], t["setting"], f"{end['updates']:,}", f"{end['seconds']:,.0f}",
+                          f"**{value}**" if t is best else value]))
+    return lines
+
+
+def trend(data: dict) -> list[str]:
+    """benchmarks/efficiency_trend.py: every checkpoint of each long run (and the reference rows),
+    with its cost and the evaluations: the probe from all training labels, from 1 % and 10 % of
+    them (mean +- spread over the draws), and kNN, on the test split."""
+    def low(p: dict, key: str) -> str:
+        return f"{pct(p[key])} +- {pct(p[key + '_std'])} %" if key in p else "-"
+
+    lines = [row(["objective", "of the run", "updates", "seconds", "TFLOP", "probe (all labels)", "probe, 1 % of labels",
+                  "probe, 10 %", "kNN"]), row(["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"])]
+    for name, run in data["runs"].items():
+        for p in run["points"]:
+            if "probe_test" not in p:
+                continue
+            lines.append(row([OBJECTIVES[name], f"1/{round(1 / p['fraction'])}" if p["fraction"] < 1 else "all",
+                              f"{p['updates']:,}", f"{p['seconds']:,.0f}", f"{p['flops'] / 1e12:,.1f}",
+                              f"{pct(p['probe_test'])} %", low(p, "probe_test_01"), low(p, "probe_test_1"),
+                              f"{pct(p['knn_test'])} %"]))
+    for name, p in data["references"].items():
+        lines.append(row([name, "", "", "", "", f"{pct(p['probe_test'])} %", low(p, "probe_test_01"),
+                          low(p, "probe_test_1"), f"{pct(p['knn_test'])} %"]))
+    return lines
+
+
+def trend_ratios(data: dict) -> list[str]:
+    """At each checkpoint of each objective: the seconds and FLOPs the other needs to reach its
+    probe accuracy (all labels), and their ratios (> 1: this objective is ahead there)."""
+    lines = [row(["objective at", "updates", "probe", "the other reaches it at (s)", "time ratio",
+                  "FLOP ratio"]), row(["---", "---:", "---:", "---:", "---:", "---:"])]
+    for r in data["ratios"].get("probe_test", []):
+        at = f"{OBJECTIVES[r['objective']]}, " + (f"1/{round(1 / r['fraction'])}" if r["fraction"] < 1 else "all")
+        reached = "never" if r["other_seconds"] is None else f"{r['other_seconds']:,.0f}" + (
+            " (interpolated)" if r["interpolated"] else "")
+        lines.append(row([at, f"{r['updates']:,}", f"{pct(r['accuracy'])} %", reached,
+                          "-" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}",
+                          "-" if r["flops_ratio"] is None else f"{r['flops_ratio']:.2f}"]))
+    return lines
+
+
 RENDERERS = {"efficiency": efficiency, "ctc_lm": ctc_lm, "predict_speed": predict_speed, "finetune": finetune,
              "finetune_seeds": finetune_seeds, "screen": screen, "pretrain_log": pretrain_log,
              "audio_collapse": audio_collapse, "text_tiny": text_tiny, "text_search": text_search,
              "probe_seeds": probe_seeds, "step_speed": step_speed,
              "finetune_recipe": finetune_recipe, "ctc_runs": ctc_runs, "predicted_scores": predicted_scores,
              "preset_memory": preset_memory, "fsdp_state": fsdp_state, "busy_core": busy_core,
-             "kill_loop": kill_loop, "probe_subset_cost": probe_subset_cost}
+             "kill_loop": kill_loop, "probe_subset_cost": probe_subset_cost, "trend_tuning": trend_tuning,
+             "trend": trend, "trend_ratios": trend_ratios}
 
 
 def render(text: str, where: Path) -> str:

@@ -151,6 +151,24 @@ def test_an_override_without_equals_is_named():
         data2vec2.load_config("image-tiny", ["optim.lr"])
 
 
+def test_an_override_without_equals_on_the_command_line_is_named_alone(capsys):
+    """Wherever it stands among the options, the one word that is not key=value is named (not
+    every override, as argparse's "unrecognized arguments" did); an unknown option is named alone."""
+    from data2vec2.cli import main
+
+    for argv in (["pretrain", "image-tiny", "--run-dir", "x", "train.max_steps=2", "train.max_steps"],
+                 ["pretrain", "image-tiny", "train.max_steps=2", "--run-dir", "x", "train.max_steps"],
+                 ["benchmark", "image-tiny", "--steps", "1", "train.max_steps"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "data2vec2: error: 'train.max_steps' is not an override: write key=value, e.g. train.max_steps=VALUE")
+    with pytest.raises(SystemExit):
+        main(["pretrain", "image-tiny", "--bogus", "train.max_steps=2"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "data2vec2: error: unrecognized arguments: --bogus"
+
+
 def test_loss_beta_gives_the_smooth_l1_loss():
     """loss.beta > 0: smooth L1 (Huber / beta) on each element instead of the squared error, as the
     reference's `loss_beta`; 0 (every preset): L2."""

@@ -276,6 +276,17 @@ def test_refusals(tmp_path):
     check(lambda s: s["cfg"]["model"]["modalities"]["image"].update({"transformer_decoder": True}), ConfigError,
           "transformer_decoder=True is not supported")
     check(lambda s: s["model"].pop("_ema"), DataError, "no EMA teacher")
+    # a damaged cfg: a section of another type, a setting of another type (one line naming it)
+    check(lambda s: s["cfg"]["model"].update({"modalities": None}), ConfigError,
+          "cfg.model.modalities is None, not a section of settings: the checkpoint's config is damaged")
+    check(lambda s: s["cfg"]["model"]["modalities"].update({"image": [1, 2]}), ConfigError,
+          "cfg.model.modalities.image is list, not a section of settings")
+    check(lambda s: s["cfg"]["model"].update({"embed_dim": "wide"}), ConfigError, "embed_dim")
+    # weights that cannot train are refused at import, naming a tensor, before anything is written
+    check(lambda s: s["model"]["blocks.0.mlp.fc1.weight"].view(-1).__setitem__(3, float("nan")), DataError,
+          r"the student \(model\) holds NaN or infinite values in 1 tensor\(s\) \(blocks.0.mlp.fc1.weight\)")
+    check(lambda s: ema(s)["blocks.1.attn.qkv.weight"].view(-1).__setitem__(0, float("inf")), DataError,
+          r"the teacher \(model\['_ema'\]\) holds NaN or infinite values")
 
     write_fake(tmp_path / "good.pt", "image")
     data = (tmp_path / "good.pt").read_bytes()

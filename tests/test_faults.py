@@ -42,12 +42,54 @@ def test_a_nan_gradient_with_a_finite_loss_is_never_applied_nor_saved(tmp_path, 
 
     monkeypatch.setattr(Data2Vec2, "elementwise_loss", nan_gradient)
     with pytest.raises(TrainingError, match=r"the gradient norm is nan \(the loss is [0-9.]+\) at update 3; this update "
-                                            r"was not applied.*newest checkpoint on disk \(update 2\)"):
+                                            r"was not applied.*newest checkpoint \(update 2\)"):
         data2vec2.pretrain(config, tmp_path / "run", progress=False)
     after = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     assert after["step"] == 2 and finite(after)
     for name in before["student"]:
         torch.testing.assert_close(before["student"][name], after["student"][name])
+
+
+def test_a_divergence_names_and_keeps_the_last_checkpoint_before_it_and_rewind_goes_back(tmp_path, small_overrides,
+                                                                                        capsys):
+    """A learning rate that ramps up to 200: the loss grows far past its running median long before
+    the NaN. The message names the update where it left its range and the newest checkpoint written
+    before that; that checkpoint survives the rotation (keep_checkpoints=1) with sound weights, and
+    `data2vec2 rewind` moves the later ones aside so that a lower learning rate resumes from it."""
+    from data2vec2.cli import main
+
+    run = tmp_path / "run"
+    config = data2vec2.load_config("image-tiny", small_overrides + [
+        "optim.lr=200", "optim.warmup_steps=400", "train.max_steps=400", "train.checkpoint_every=5",
+        "train.keep_checkpoints=1"])
+    with pytest.raises(TrainingError) as caught:
+        data2vec2.pretrain(config, run, progress=False)
+    message = str(caught.value)
+    found = re.search(r"The loss left its normal range at update (\d+) \((loss|gradient norm) [0-9.e+]+, over 10x its "
+                      r"running median [0-9.e+]+\); the newest checkpoint written before that, update (\d+), is kept\. "
+                      r"Go back to it and resume with a lower learning rate: data2vec2 rewind (\S+) (\d+), then", message)
+    assert found, message
+    left, kept = int(found.group(1)), int(found.group(3))
+    assert kept < left and kept % 5 == 0 and found.group(4) == str(run) and found.group(5) == str(kept)
+    sound = torch.load(run / f"checkpoints/step_{kept:09d}.pt", weights_only=True)
+    diverged = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert diverged["step"] > left and finite(sound) and finite(diverged)
+    size = lambda state: max(float(t.abs().max()) for t in state["student"].values() if t.is_floating_point())
+    assert size(diverged) > 10 * size(sound)
+
+    assert main(["rewind", str(run), "7"]) == 2  # not a step checkpoint: one line listing them
+    assert f"has no checkpoint of update 7 (step checkpoints: {kept}, {diverged['step']})" in capsys.readouterr().err
+    assert main(["rewind", str(run), str(kept)]) == 0
+    assert f"the run resumes at update {kept}" in capsys.readouterr().out
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == [f"step_{kept:09d}.pt"]
+    aside = run / "checkpoints" / f"after_{kept:09d}_1"
+    assert sorted(p.name for p in aside.iterdir()) == ["last.pt", f"step_{diverged['step']:09d}.pt"]
+    lower = data2vec2.load_config("image-tiny", small_overrides + [
+        "optim.lr=1e-3", "optim.warmup_steps=400", "train.max_steps=400", "train.checkpoint_every=5",
+        "train.keep_checkpoints=1"])
+    data2vec2.pretrain(lower, run, progress=False, max_steps=kept + 5)
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, kept + 6)) and all(math.isfinite(r["loss"]) for r in rows)
 
 
 def test_a_lower_learning_rate_given_on_resume_is_applied(tmp_path, small_overrides, capsys):
@@ -344,6 +386,52 @@ def test_export_and_embed_refuse_an_existing_out_and_a_wrong_modality(tmp_path):
     assert code == 2 and "holds a model of modality 'audio'; this command takes image" in err, err
 
 
+def test_embed_makes_the_folder_of_its_out_file(tmp_path, capsys):
+    from PIL import Image
+
+    from data2vec2.cli import main
+
+    out = _image_export(tmp_path)
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    features = tmp_path / "missing" / "dir" / "feats.npy"
+    assert main(["embed", str(out), str(tmp_path / "images"), "--out", str(features)]) == 0
+    assert np.load(features).shape == (3, 32) and len(Path(f"{features}.paths.txt").read_text().split()) == 3
+    (tmp_path / "a_file").write_text("")
+    assert main(["embed", str(out), str(tmp_path / "images"), "--out", str(tmp_path / "a_file" / "f.npy")]) == 2
+    assert "a_file is a file, not a folder" in capsys.readouterr().err
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_a_bad_file_not_a_raw_warning(tmp_path, monkeypatch):
+    """Pillow warns (once per read, in every DataLoader worker) about an image over its pixel limit:
+    here it is an unreadable file, which the bad-file paths report once, naming it."""
+    import warnings
+
+    from PIL import Image
+
+    from data2vec2.modalities.image.data import load_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 40 = 1,600 pixels: a warning, not Pillow's error
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "big.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is printed raw
+        with pytest.raises(DataError, match=r"cannot read image .*big.png: .*decompression bomb"):
+            load_image(tmp_path / "big.png", 1)
+
+
+def test_a_text_file_skipped_while_reading_is_counted_in_the_summary(real_text, tokenizer_file, tmp_path):
+    import shutil
+
+    folder = tmp_path / "texts"
+    shutil.copytree(real_text, folder)
+    (folder / "binary.txt").write_bytes(b"a\x00b")
+    o = SMALL_TEXT + [f"data.train={folder}", f"data.tokenizer={tokenizer_file}", f"data.cache_dir={tmp_path / 'c'}",
+                      "data.on_bad_file=skip", "train.max_steps=2"]
+    result = data2vec2.pretrain(data2vec2.load_config("text-tiny", o), tmp_path / "run", progress=False)
+    assert result["skipped_files"] == 1 and read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["skipped_files"] == 1
+
+
 def test_a_batch_larger_than_the_data_is_a_config_error(small_overrides, tmp_path):
     config = data2vec2.load_config("image-tiny", small_overrides + ["data.limit=10", "train.batch_size=16"])
     with pytest.raises(ConfigError, match=r"train.batch_size: one update takes 16 samples .*training data has only 10"):
@@ -369,3 +457,21 @@ def test_yaml_tags_and_pickled_code_are_refused(tmp_path, small_overrides):
     with pytest.raises(DataError, match="weights-only loading refused it"):
         data2vec2.load_encoder(tmp_path / "run")
     assert not marker.exists()
+
+
+def test_the_loss_watch_finds_where_training_left_its_range_and_forgets_a_spike_it_recovered_from():
+    from data2vec2.train.health import LossWatch
+
+    watch = LossWatch(window=20, judge_after=5)
+    for step in range(1, 31):
+        watch.see(step, 5.0 + 0.1 * (step % 3), 1.0)
+    assert watch.left_at is None and watch.judged
+    watch.see(31, 80.0, 1.0)  # 16x the median loss
+    assert watch.left_at == 31 and watch.why.startswith("loss 80, over 10x its running median 5.1")
+    watch.see(32, 5.0, 30.0)  # the gradient norm: out of range too, the first update stays named
+    assert watch.left_at == 31
+    for step in range(33, 52):
+        watch.see(step, 5.0, 1.0)
+    assert watch.left_at == 31  # 19 updates back in range: not yet
+    watch.see(52, 5.0, 1.0)
+    assert watch.left_at is None and watch.why == ""

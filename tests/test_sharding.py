@@ -124,3 +124,24 @@ def test_a_crafted_sharded_checkpoint_index_runs_no_code(tmp_path, small_overrid
         pretrain(load_config("image-tiny", o + ["train.max_steps=2"]), tmp_path / "run", progress=False)
     assert not marker.exists()
     assert "metadata" not in caplog.text  # refused before DCP's loader, which would log its fallback's tracebacks
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}  # the command prints one line only
+    r = subprocess.run([sys.executable, "-m", "data2vec2", "pretrain", "image-tiny", "--run-dir", str(tmp_path / "run"),
+                        *o, "train.max_steps=2"], capture_output=True, text=True, env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "the checkpoint index names posix.system" in lines[0], r.stderr
+    assert not marker.exists()
+
+
+def test_a_truncated_shard_file_falls_back_to_the_newest_complete_sharded_checkpoint(tmp_path, small_overrides,
+                                                                                       capsys):
+    """As a truncated last.pt does: the shard files are checked against their index before anything
+    loads, and resuming falls back to the newest complete step folder, naming both."""
+    o = small_overrides + ["train.max_steps=3", "train.batch_size=8", "train.fsdp=true", "train.checkpoint_every=1",
+                           "train.keep_checkpoints=3"]
+    pretrain(load_config("image-tiny", o), tmp_path / "run", progress=False, max_steps=2)
+    folder = tmp_path / "run" / "checkpoints"
+    shard = next((folder / "step_000000002").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:1000])
+    assert pretrain(load_config("image-tiny", o), tmp_path / "run", progress=False)["steps"] == 3
+    out = capsys.readouterr().out
+    assert f"{shard.name} is truncated (1,000 of" in out and "step_000000001 (update 1)" in out, out

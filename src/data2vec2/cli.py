@@ -6,6 +6,7 @@ record's `add_commands`).
     data2vec2 prepare fashion-mnist|audio|text [--cache cache]   build a data set into the cache
     data2vec2 pretrain image-tiny --run-dir runs/x [k=v ...]  pre-train (auto-resumes)
     data2vec2 finetune image-cls-tiny --init runs/x [--compare]  fine-tune a task (auto-resumes)
+    data2vec2 rewind RUN STEP                              go back to a step checkpoint (after a divergence)
     torchrun --nproc_per_node=N -m data2vec2 pretrain ...  the same on N processes (DDP)
     data2vec2 export RUN --out DIR                         the encoder in its modality's export format
     data2vec2 import-fairseq CKPT --out DIR [--run-dir RUN]   a reference checkpoint: export / continue
@@ -23,7 +24,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, Data2Vec2Error, DataError, Interrupted
+from .errors import ConfigError, Data2Vec2Error, DataError, Interrupted, TrainingError
+from .options import integer, number
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -56,6 +58,16 @@ def cmd_pretrain(args) -> None:
         distributed.cleanup()  # the process group (torchrun's, or train.fsdp's group of one)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps({k: v for k, v in result.items() if k != "last"} | {"last_loss": result["last"].get("loss")}))
+
+
+def cmd_rewind(args) -> None:
+    from .train.checkpoint import RunLock, rewind
+
+    run = Path(args.run)
+    if not (run / "checkpoints").is_dir():
+        raise TrainingError(f"{run} is not a run folder (no checkpoints/ in it)")
+    with RunLock(run):  # not while a process trains in it
+        print(f"[data2vec2] {rewind(run, args.step)}")
 
 
 def cmd_finetune(args) -> None:
@@ -190,6 +202,11 @@ def cmd_benchmark(args) -> None:
     for name, values, allowed in (("--precision", precisions, PRECISIONS), ("--compile", compiles, ("off", "on"))):
         if not values or any(v not in allowed for v in values):
             raise ConfigError(f"{name}: choose from {', '.join(allowed)}, not {' '.join(values) or 'nothing'}")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():  # checked before the work, not after it
+        raise DataError(f"--out {out} is a folder: give the JSON-lines file to append to, e.g. {out / 'speed.jsonl'}")
+    if out is not None and out.parent.exists() and not out.parent.is_dir():
+        raise DataError(f"--out {out}: {out.parent} is a file, not a folder")
     for precision in precisions:
         for compiled in compiles:
             settings = [f"train.precision={precision}", f"train.compile={compiled == 'on'}"]
@@ -200,9 +217,9 @@ def cmd_benchmark(args) -> None:
             line = json.dumps({"preset": config.name, "overrides": overrides, **result,
                                **results_header(result["precision"])})
             print(line, flush=True)
-            if args.out:
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                with open(args.out, "a") as f:
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with open(out, "a") as f:
                     f.write(line + "\n")
 
 
@@ -227,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=5e-4")
     p.set_defaults(func=cmd_pretrain)
 
+    p = sub.add_parser("rewind", help="go back to a step checkpoint of a run (after a divergence): the checkpoints "
+                                      "after it are moved aside, and the next pretrain or finetune of the run "
+                                      "resumes from it")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("step", type=integer(1), help="the update of the step checkpoint to go back to")
+    p.set_defaults(func=cmd_rewind)
+
     p = sub.add_parser("finetune", help="fine-tune on a labelled task (a fine-tuning preset): validation, the best "
                                         "checkpoint, results.json; resumes like pretrain")
     p.add_argument("preset", help="a fine-tuning preset (data2vec2 presets: image-cls-tiny, ...) or a YAML file")
@@ -236,10 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true",
                    help="also fine-tune a random encoder of the same architecture with the same recipe: "
                         "RUN_DIR/pretrained, RUN_DIR/random_init and RUN_DIR/comparison.json")
-    p.add_argument("--seeds", nargs="+", type=int,
+    p.add_argument("--seeds", nargs="+", type=integer(0),
                    help="fine-tune once per seed (train.seed; it also draws the random twin); mean and spread in "
                         "RUN_DIR/comparison.json")
-    p.add_argument("--lrs", nargs="+", type=float,
+    p.add_argument("--lrs", nargs="+", type=number(above=0),
                    help="fine-tune once per learning rate (optim.lr) too; each init's is chosen on the validation "
                         "metric (its mean over the seeds)")
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in the run folder")
@@ -254,19 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
                                              "or a TSV / text file (text); a labelled set is scored")
     p.add_argument("--out", help="the JSON-lines file to write (default: standard output)")
     p.add_argument("--summary", help="also write the counts, speed and scores as JSON here, with the machine")
-    p.add_argument("--batch-size", type=int, help="default: the fine-tuning's train.batch_size")
-    p.add_argument("--top", type=int, default=5, help="classifiers: the most likely labels listed")
+    p.add_argument("--batch-size", type=integer(1), help="default: the fine-tuning's train.batch_size")
+    p.add_argument("--top", type=integer(1), default=5, help="classifiers: the most likely labels listed")
     p.add_argument("--on-bad-file", choices=("stop", "skip"), default="stop")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto, as in training: bf16 on GPUs and on CPUs fast at it (AMX, AVX512-BF16), else fp32")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (decoding)")
+    p.add_argument("--workers", type=integer(0), default=0, help="DataLoader worker processes (decoding)")
     p.add_argument("--lm", help="speech recognition: decode by beam search with this word n-gram model (ARPA or "
                                 "KenLM binary; data2vec2 ngram writes one), not greedily; needs flashlight-text")
     p.add_argument("--lexicon", help="with --lm: the words to propose, one per line (default: the ARPA file's)")
-    p.add_argument("--beam", type=int, default=50, help="with --lm: hypotheses kept per frame")
-    p.add_argument("--lm-weight", type=float, default=2.0, help="with --lm: the LM log-probability's weight")
-    p.add_argument("--word-score", type=float, default=-1.0, help="with --lm: added per word")
+    p.add_argument("--beam", type=integer(1), default=50, help="with --lm: hypotheses kept per frame")
+    p.add_argument("--lm-weight", type=number(minimum=0), default=2.0, help="with --lm: the LM log-probability's weight")
+    p.add_argument("--word-score", type=number(), default=-1.0, help="with --lm: added per word")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -306,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: what training would use here (bf16 where the CPU or GPU is fast at it)")
     p.add_argument("--compile", nargs="+", default=["off"], metavar="{off,on}",
                    help="torch.compile each transformer block (on: 3 warm-up updates instead of 1)")
-    p.add_argument("--steps", type=int, default=5, help="timed updates (the median is reported)")
+    p.add_argument("--steps", type=integer(1), default=5, help="timed updates (the median is reported)")
     p.add_argument("--out", help="append the JSON lines to this file (e.g. docs/benchmarks/step_speed.jsonl)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=8")
     p.set_defaults(func=cmd_benchmark)
@@ -320,10 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (argparse only takes them before)
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+    options = [e for e in extra if e.startswith("-")]
+    if options or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(options or extra)}")
+    if extra:
         args.overrides = list(args.overrides) + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    not_set = [o for o in getattr(args, "overrides", []) if "=" not in o]
+    if not_set:
+        parser.error(f"{not_set[0]!r} is not an override: write key=value, e.g. {not_set[0]}=VALUE")
     import torch  # (every command uses it; here for its out-of-memory error)
 
     try:

@@ -61,9 +61,17 @@ class FairseqLayout:
     teacher_blocks_bare: bool = False
 
 
+def mapping(value: Any, where: str) -> dict:
+    """`value`, a section of settings, or an error naming it (a damaged config)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} is {type(value).__name__ if value is not None else 'None'}, not a section of "
+                          f"settings: the checkpoint's config is damaged")
+    return value
+
+
 def setting(section: dict, key: str, where: str) -> Any:
     """`section[key]`, or an error naming the key (a default could silently change the model)."""
-    if key not in section:
+    if key not in mapping(section, where):
         raise ConfigError(f"{where}.{key} is missing from the checkpoint's config; it changes the model, so no "
                           f"default can stand in for it")
     return section[key]
@@ -261,9 +269,14 @@ def import_fairseq(path: str | Path, modalities: Mapping[str, "Modality"], overr
     error (it would be dropped) unless `allow_unused`; it is then listed in the report."""
     cfg_model, student, teacher = read_fairseq_checkpoint(path)
     record, layout = layout_of(cfg_model, modalities)
-    mod_cfg = setting(setting(cfg_model, "modalities", "cfg.model"), record.name, "cfg.model.modalities")
+    mod_cfg = mapping(setting(setting(cfg_model, "modalities", "cfg.model"), record.name, "cfg.model.modalities"),
+                      f"cfg.model.modalities.{record.name}")
     shapes = {k: tuple(v.shape) for k, v in student.items() if isinstance(v, torch.Tensor)}
-    mapped = shared_overrides(cfg_model, mod_cfg) + layout.overrides(cfg_model, mod_cfg, shapes)
+    try:
+        mapped = shared_overrides(cfg_model, mod_cfg) + layout.overrides(cfg_model, mod_cfg, shapes)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:  # a value of the wrong type
+        raise ConfigError(f"{path}: a setting of cfg.model has an unexpected type or value ({type(e).__name__}: "
+                          f"{e}); the checkpoint's config is damaged") from None
     config = load_config(f"{record.name}-base", mapped + list(overrides), modalities=modalities)
     config.name = f"{record.name}-fairseq"
     with torch.device("meta"):  # every shape is checked before anything is allocated
@@ -273,6 +286,12 @@ def import_fairseq(path: str | Path, modalities: Mapping[str, "Modality"], overr
     teacher_state, used_teacher = gather(skeleton.teacher.state_dict(),
                                          teacher_table(list(skeleton.teacher.state_dict()), table, layout), teacher,
                                          f"{path}: the teacher (model['_ema'])")
+    for part, given, names in (("the student (model)", student, used), ("the teacher (model['_ema'])", teacher,
+                                                                        used_teacher)):
+        bad = [n for n in sorted(names) if given[n].is_floating_point() and not torch.isfinite(given[n]).all()]
+        if bad:
+            raise DataError(f"{path}: {part} holds NaN or infinite values in {len(bad)} tensor(s) ({bad[0]}"
+                            f"{', ...' if len(bad) > 1 else ''}); refusing to import weights that cannot train")
     model = build_model(config, record)
     model.student.load_state_dict(student_state)
     model.teacher.load_state_dict(teacher_state)

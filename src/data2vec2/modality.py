@@ -23,6 +23,7 @@ class PretrainingData:
     collate: Any  # set_epoch(epoch); __call__(items) -> the batch dict of data/collate.py
     step_flops: float  # model FLOPs of one update at the configured global batch
     lengths: list[int] | None = None  # per-sample sizes: batches are then bucketed by length (audio)
+    skipped_before: int = 0  # unreadable files skipped while the data was read (data.on_bad_file=skip)
 
 
 @dataclass

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..options import integer
+
 
 def add_comparison_options(parser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="seeds both runs (and the random init)")
+    parser.add_argument("--seed", type=integer(0), default=0, help="seeds both runs (and the random init)")
     parser.add_argument("--out", help="also write the JSON result here")
 
 

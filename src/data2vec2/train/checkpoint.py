@@ -34,12 +34,13 @@ STATE_FILE = "state.pt"  # in a sharded checkpoint's folder: all but the model a
 SHARDED_INDEX = ".metadata"  # in a sharded checkpoint's folder: where each tensor's shards are
 
 
-def save_checkpoint(state: dict, folder: Path, step: int, keep: int, keep_also: int | None = None) -> Path:
+def save_checkpoint(state: dict, folder: Path, step: int, keep: int, keep_also: tuple[int, ...] = ()) -> Path:
     """Write `state` as step_<step>.pt and last.pt. Each name only ever appears by a rename of a
     complete, synced file: step_<step>.pt from a fresh temporary file, last.pt from a fresh hard
     link to it (a copy where links are not supported). A kill at any point leaves every visible
     file complete, with the content its name says. Step files beyond the `keep` newest are removed,
-    but for that of update `keep_also` (the best of a fine-tuning run)."""
+    but for those of the updates `keep_also` (the best of a fine-tuning run, the last before a
+    divergence)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step_{step:09d}.pt"
     tmp = folder / f".{target.name}.tmp"
@@ -57,7 +58,7 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep: int, keep_also: 
 
 
 def save_sharded_checkpoint(write_shards: Callable[[Path], None], state: dict, folder: Path, step: int, keep: int,
-                            is_main: bool, keep_also: int | None = None) -> Path:
+                            is_main: bool, keep_also: tuple[int, ...] = ()) -> Path:
     """The sharded counterpart of `save_checkpoint`, called by every process: all write their
     shards (`write_shards(path)`) into a fresh temporary folder, the main process adds `state` and
     renames the folder to step_<step>, then points `last` at it with a fresh symbolic link renamed
@@ -84,15 +85,42 @@ def save_sharded_checkpoint(write_shards: Callable[[Path], None], state: dict, f
     return target
 
 
-def _remove_old(folder: Path, newest: Path, keep: int, keep_also: int | None = None) -> None:
-    """Step checkpoints (of the newest's kind) beyond the `keep` newest, but for update `keep_also`'s."""
+def _remove_old(folder: Path, newest: Path, keep: int, keep_also: tuple[int, ...] = ()) -> None:
+    """Step checkpoints (of the newest's kind) beyond the `keep` newest, but for the updates `keep_also`."""
     steps = sorted(p for p in folder.glob("step_*") if STEP_FILE.search(p.name) and p.is_dir() == newest.is_dir()
-                   and int(STEP_FILE.search(p.name).group(1)) != keep_also)
+                   and int(STEP_FILE.search(p.name).group(1)) not in keep_also)
     for old in steps[:-keep] if keep > 0 else steps:
         if old != newest and old.is_dir():
             shutil.rmtree(old)
         elif old != newest:
             old.unlink()
+
+
+def rewind(run_dir: Path, step: int) -> str:
+    """Go back to the step checkpoint of update `step`: last.pt (or `last`) and every step checkpoint
+    after it are moved aside into checkpoints/after_<step>_<n>/, so that the run resumes from it
+    (and its metrics.jsonl rows after it are dropped then). Nothing is deleted. Returns what was done."""
+    folder = run_dir / "checkpoints"
+    steps = {int(STEP_FILE.search(p.name).group(1)): p for p in folder.glob("step_*") if STEP_FILE.search(p.name)}
+    if step not in steps:
+        have = ", ".join(str(s) for s in sorted(steps)) or "none"
+        raise TrainingError(f"{folder} has no checkpoint of update {step} (step checkpoints: {have})")
+    later = sorted(p for s, p in steps.items() if s > step)
+    last = [p for p in (folder / "last.pt", folder / "last") if p.exists() or p.is_symlink()]
+    n = 1
+    while (folder / f"after_{step:09d}_{n}").exists():
+        n += 1
+    aside = folder / f"after_{step:09d}_{n}"
+    aside.mkdir()
+    for path in last:
+        if path.is_symlink():  # a sharded run's `last` names a folder by a relative link: dropped, not moved
+            path.unlink()
+        else:
+            os.replace(path, aside / path.name)
+    for path in later:
+        os.replace(path, aside / path.name)
+    return (f"moved {len(later)} later step checkpoint(s) and {'last' if last else 'no last'} to {aside}; "
+            f"the run resumes at update {step} ({steps[step].name})")
 
 
 def _write(state: dict, path: Path) -> None:
@@ -117,19 +145,21 @@ SHARDED_RESUME_KEYS = ("scheduler", "step", "rng", "config")  # + the model and 
 PRE_TRAINING_PARTS = ["student", "teacher"]
 
 
-def load_resume_state(run_dir: Path) -> dict | None:
+def load_resume_state(run_dir: Path, check_shards: Callable[[Path], None] | None = None) -> dict | None:
     """The newest complete checkpoint of a run folder: last.pt, or when that cannot be read (a
     file truncated by a full disk, say), the newest readable step file, with a message. None if
-    the folder has no checkpoint; TrainingError naming the files if none can be read."""
+    the folder has no checkpoint; TrainingError naming the files if none can be read.
+    `check_shards(folder)` raises TrainingError for a sharded checkpoint whose shards are incomplete."""
     folder = run_dir / "checkpoints"
     steps = sorted((p for p in folder.glob("step_*") if STEP_FILE.search(p.name)), reverse=True)
     candidates = [p for p in [folder / "last.pt", folder / "last"] if p.exists()] + steps
+    candidates = list({p.resolve(): p for p in reversed(candidates)}.values())[::-1]  # `last` is a link to a step
     if not candidates:
         return None
     problems = []
     for path in candidates:
         try:
-            state = _load_sharded_state(path) if path.is_dir() else load_checkpoint(path)
+            state = _load_sharded_state(path, check_shards) if path.is_dir() else load_checkpoint(path)
             _check_resume_state(state, path)
         except TrainingError as e:
             problems.append(str(e))
@@ -141,11 +171,13 @@ def load_resume_state(run_dir: Path) -> dict | None:
                         ". Remove the unreadable files, or start again with --no-resume")
 
 
-def _load_sharded_state(path: Path) -> dict:
+def _load_sharded_state(path: Path, check_shards: Callable[[Path], None] | None = None) -> dict:
     """A sharded checkpoint's state.pt, with "sharded": its folder (the shards load in setup)."""
     if not (path / SHARDED_INDEX).is_file() or not (path / STATE_FILE).is_file():
         raise TrainingError(f"{path} is not a complete sharded checkpoint (no {SHARDED_INDEX} or {STATE_FILE} in it)")
     state = load_checkpoint(path / STATE_FILE)
+    if check_shards is not None:
+        check_shards(path)
     if isinstance(state, dict):
         state["sharded"] = str(path.resolve())
     return state

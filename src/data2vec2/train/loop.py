@@ -33,6 +33,7 @@ from .checkpoint import (
     save_sharded_checkpoint,
 )
 from .flops import count_update_flops, measure_matmul_flops
+from .health import LossWatch
 from .logger import MetricsLogger
 from .setup import Training, pick_workers, setup_training
 from .signals import StopRequests
@@ -133,7 +134,7 @@ def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, res
     train = config.train
     if not config.data.train:
         raise ConfigError("data.train: name the training data (a prepared set, a folder or a manifest)")
-    state = load_resume_state(run_dir) if resume else None
+    state = load_resume_state(run_dir, check_shards=_check_shards) if resume else None
     if state is not None:
         _check_resumable(config, state["config"], run_dir, modality)
         for key, value in job.state.items():
@@ -187,6 +188,7 @@ def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, res
                desc="finetune" if job.validate is not None else "pretrain",
                dynamic_ncols=True, file=sys.stdout)
     skipped: set[str] = set()  # the messages of the unreadable files met so far, each printed once
+    watch, saved_in_range = LossWatch(), None  # the newest checkpoint written before the loss left its range
     first_step, start_time = step, time.perf_counter()
     elapsed_before = training.progress.elapsed_s  # training seconds of the run's earlier invocations
     elapsed, last_update_s = elapsed_before, 0.0
@@ -205,11 +207,10 @@ def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, res
             try:
                 result = train_step(training, micro_batches, step, with_metrics=log_step)
             except NonFiniteUpdate as e:
-                saved = f"update {saved_step}" if saved_step else "no checkpoint yet"
-                raise TrainingError(f"{e}. Nothing was saved for it; the newest checkpoint on disk ({saved}) holds "
-                                    f"only finite weights. Resume with a lower optim.lr (it is applied on resume) "
-                                    f"or train.precision=fp32.") from None
+                raise TrainingError(f"{e}. Nothing was saved for it. "
+                                    + _recovery(watch, saved_step, saved_in_range, run_dir)) from None
             step += 1
+            watch.see(step, result.loss, float(result.grad_norm))
 
             window_samples += train.batch_size
             window_steps += 1
@@ -232,7 +233,8 @@ def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, res
                 last = {"loss": result.loss, "lr": training.scheduler.get_last_lr()[0],
                         "grad_norm": float(result.grad_norm), "samples_per_s": rate,
                         "mfu": step_flops * (window_steps / max(now - window_time, 1e-9)) / peak if peak else 0.0,
-                        "skipped_files": len(skipped), "epoch": step // sampler.steps_per_epoch, "elapsed_s": elapsed,
+                        "skipped_files": data.skipped_before + len(skipped), "epoch": step // sampler.steps_per_epoch,
+                        "elapsed_s": elapsed,
                         **result.metrics}
                 logger.log(step, last)
                 window_time, window_samples, window_steps = now, 0, 0
@@ -240,8 +242,10 @@ def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, res
             end = step == train.max_steps or out_of_time
             validate = job.validate is not None and (step % job.every == 0 or end)
             if step % train.checkpoint_every == 0 or step == total_steps or out_of_time or validate:
-                _save(training, step, run_dir, job.state, keep_also=best["step"] if best else None)
+                keep = tuple(s for s in (best and best["step"], watch.left_at and saved_in_range) if s)
+                _save(training, step, run_dir, job.state, keep_also=keep)
                 saved_step = step
+                saved_in_range = step if watch.left_at is None else saved_in_range  # (frozen while out of range)
             if validate:
                 best = _validate(training, job, step, run_dir, best, logger, bar)
             if out_of_time:
@@ -251,10 +255,38 @@ def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, res
     seconds = time.perf_counter() - start_time
     distributed.barrier()
     result = {"steps": step, "seconds": seconds, "stop_reason": stop_reason, "last": last, "best": best,
-              "skipped_files": len(skipped), "run_dir": str(run_dir)}
+              "skipped_files": data.skipped_before + len(skipped), "run_dir": str(run_dir)}
     if job.finish is not None and (step == train.max_steps or stop_reason == "time_budget"):
         result["results"] = job.finish(training, best)
     return result
+
+
+def _check_shards(folder: Path) -> None:
+    from .sharded_checkpoint import check_shards  # (a second to import: only for sharded runs)
+
+    check_shards(folder)
+
+
+def _recovery(watch: LossWatch, saved_step: int, saved_in_range: int | None, run_dir: Path) -> str:
+    """What to do after a non-finite update: which checkpoint to go back to."""
+    if watch.left_at is not None and saved_in_range:
+        return (f"The loss left its normal range at update {watch.left_at} ({watch.why}); the newest checkpoint "
+                f"written before that, update {saved_in_range}, is kept. Go back to it and resume with a lower "
+                f"learning rate: data2vec2 rewind {run_dir} {saved_in_range}, then the same command with a lower "
+                f"optim.lr (it is applied on resume).")
+    if watch.left_at is not None:
+        return (f"The loss left its normal range at update {watch.left_at} ({watch.why}), before any checkpoint "
+                f"of this invocation; start again with a lower optim.lr (--no-resume).")
+    if not saved_step:
+        return "No checkpoint was written yet: start again with a lower optim.lr or train.precision=fp32."
+    if not watch.judged:
+        return (f"Too few updates in this invocation to tell whether the newest checkpoint (update {saved_step}) "
+                f"was written before the loss diverged (recent losses: {watch.recent()}): resume with a lower "
+                f"optim.lr (it is applied on resume), or go back to an earlier step checkpoint with data2vec2 "
+                f"rewind {run_dir} STEP, or start again with --no-resume.")
+    return (f"The loss stayed in its normal range until then (recent losses: {watch.recent()}), so the newest "
+            f"checkpoint (update {saved_step}) should be sound: resume with a lower optim.lr (it is applied on "
+            f"resume) or train.precision=fp32.")
 
 
 def _short(value) -> str:
@@ -345,9 +377,11 @@ def _check_collapse(config: Config, step: int, metrics: dict) -> None:
                             f"{guards.min_local_std} at update {step}: the local encoder has collapsed")
 
 
-def _save(training: Training, step: int, run_dir: Path, extra: dict | None = None, keep_also: int | None = None) -> None:
+def _save(training: Training, step: int, run_dir: Path, extra: dict | None = None,
+          keep_also: tuple[int, ...] = ()) -> None:
     """A checkpoint of update `step` (with `extra`, the job's state); refused (nothing written) if
-    any weight is not finite. The step checkpoint `keep_also` (the best) is kept beside the newest."""
+    any weight is not finite. The step checkpoints `keep_also` (the best, the last before a
+    divergence) are kept beside the newest."""
     parts = training.model.parts()
     for name, part in parts.items():
         bad = non_finite_anywhere(part.state_dict())

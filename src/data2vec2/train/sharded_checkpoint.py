@@ -63,6 +63,21 @@ def sharded_shapes(path: Path, prefix: str) -> dict[str, tuple[int, ...]]:
     return {k[len(start):]: tuple(v.size) for k, v in index.items() if k.startswith(start) and hasattr(v, "size")}
 
 
+def check_shards(path: Path) -> None:
+    """Every shard file that the index of the sharded checkpoint `path` names is there and holds the
+    bytes the index places in it (a file cut short by a full disk or a bad copy fails here, before
+    anything is loaded, so that resuming can fall back to an older checkpoint)."""
+    index = _SafeReader(path).read_metadata()
+    need: dict[str, int] = {}
+    for info in index.storage_data.values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(need.items()):
+        file = Path(path) / name
+        have = file.stat().st_size if file.is_file() else None
+        if have is None or have < size:
+            raise TrainingError(f"{file} is {'missing' if have is None else f'truncated ({have:,} of {size:,} bytes)'}")
+
+
 def _load(state: dict, path: Path, no_dist: bool) -> None:
     reader = _SafeReader(path)
     reader.read_metadata()  # a bad index is refused here, in one line, not after DCP's fallback and its log

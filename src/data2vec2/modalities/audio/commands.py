@@ -8,6 +8,7 @@ from pathlib import Path
 from ...eval.compare import add_comparison_options, write_result
 from ...export import load_encoder_and_config
 from ...model import random_encoder
+from ...options import integer, number
 
 
 def _corpus_file(args, name: str) -> str:
@@ -64,10 +65,10 @@ def add_commands(sub, prepare, modality) -> None:
     """`sub`: the command line's sub-commands; `prepare`: those of `data2vec2 prepare`."""
     p = prepare.add_parser("audio", help="the offline speech corpus: real recordings + synthesized voices")
     p.add_argument("--cache", default="cache")
-    p.add_argument("--hours", type=float, default=1.0, help="hours of synthetic sentences")
-    p.add_argument("--kws-per-word", type=int, default=40, help="train-voice clips per keyword")
-    p.add_argument("--workers", type=int, default=None, help="synthesis processes (default: all cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hours", type=number(above=0), default=1.0, help="hours of synthetic sentences")
+    p.add_argument("--kws-per-word", type=integer(1), default=40, help="train-voice clips per keyword")
+    p.add_argument("--workers", type=integer(1), default=None, help="synthesis processes (default: all cores)")
+    p.add_argument("--seed", type=integer(0), default=0)
     p.set_defaults(func=cmd_prepare, modality=modality)
 
     p = sub.add_parser("finetune-ctc", help="audio: CTC fine-tuning on letters, pre-trained vs random init "
@@ -76,10 +77,10 @@ def add_commands(sub, prepare, modality) -> None:
     p.add_argument("--cache", default="cache", help="the prepared corpus (data2vec2 prepare audio)")
     p.add_argument("--train", help="TSV manifest path<TAB>samples<TAB>transcript (default: the corpus's ctc_train.tsv)")
     p.add_argument("--test", action="append", help="test manifest(s) (default: ctc_test.tsv and ctc_test_synth.tsv)")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--freeze-steps", type=int, default=200, help="updates with the whole encoder frozen")
+    p.add_argument("--steps", type=integer(1), default=1500)
+    p.add_argument("--batch-size", type=integer(1), default=8)
+    p.add_argument("--lr", type=number(above=0), default=5e-4)
+    p.add_argument("--freeze-steps", type=integer(0), default=200, help="updates with the whole encoder frozen")
     p.add_argument("--run-dir", help="the runs' folder (default runs/finetune-ctc/<model folder name>)")
     p.add_argument("--no-progress", action="store_true")
     add_comparison_options(p)
@@ -96,6 +97,6 @@ def add_commands(sub, prepare, modality) -> None:
     p = sub.add_parser("ngram", help="speech: write a word n-gram language model (ARPA) of transcripts, for "
                                      "predict --lm")
     p.add_argument("inputs", nargs="+", help="TSV manifests with transcripts, or text files (one sentence per line)")
-    p.add_argument("--order", type=int, default=3, help="the n of the n-grams")
+    p.add_argument("--order", type=integer(1), default=3, help="the n of the n-grams")
     p.add_argument("--out", required=True, help="the .arpa file to write")
     p.set_defaults(func=cmd_ngram, modality=modality)

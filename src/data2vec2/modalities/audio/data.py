@@ -231,7 +231,7 @@ def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
     return PretrainingData(dataset=PretrainAudioDataset(source, data.settings.max_samples, config.train.seed),
                            collate=AudioMaskingCollate(config.masking, frames, config.train.seed),
                            step_flops=step_flops(config, config.train.batch_size, int(np.mean(lengths))),
-                           lengths=lengths)
+                           lengths=lengths, skipped_before=source.dropped_bad)
 
 
 def synthetic_batch(config: Config) -> tuple[dict, int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ...errors import DataError
 from ...export import check_out, load_encoder_and_config
+from ...options import number
 
 
 def cmd_prepare(args, modality) -> None:
@@ -43,11 +44,14 @@ def cmd_embed(args, modality) -> None:
     if out.suffix != ".npy":
         raise DataError(f"--out {out}: give a .npy file name (numpy.save would add the suffix)")
     check_out(out, args.overwrite, folder=False)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise DataError(f"--out {out}: {out.parent} is a file, not a folder")
     encoder, config = load_encoder_and_config(args.model, {modality.name: modality})
     source = open_image_source(args.images, Path(config.data.cache_dir), config.data.settings.channels)
     image, data = config.model.settings, config.data.settings
     feats, _ = extract_features(encoder, source, image_size=image.image_size, mean=data.mean, std=data.std,
                                 pool=args.pool, progress=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.npy")
     np.save(tmp, feats.numpy())
     os.replace(tmp, out)
@@ -72,7 +76,7 @@ def add_commands(sub, prepare, modality) -> None:
     p = sub.add_parser("demo", help="pre-train image-tiny on Fashion-MNIST and compare linear probes")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo instead of starting over")
-    p.add_argument("--budget-minutes", type=float, default=11.0,
+    p.add_argument("--budget-minutes", type=number(above=0), default=11.0,
                    help="pre-training and evaluation together, sized to this machine (default 11)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=5e-4")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,9 +107,11 @@ def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
         raise ConfigError(f"images must have 1 or 3 channels, not {channels}")
     mode = "L" if channels == 1 else "RGB"
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now, so truncated files fail here and not later
-            array = np.asarray(im if im.mode == mode else im.convert(mode))
+        with warnings.catch_warnings():  # an image over Pillow's pixel limit is a bad file, reported once
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # decode now, so truncated files fail here and not later
+                array = np.asarray(im if im.mode == mode else im.convert(mode))
     except Exception as e:  # missing, truncated, not an image, decompression bomb, ...
         raise DataError(f"cannot read image {path}: {_reason(e)}") from e
     return array[:, :, None] if array.ndim == 2 else array  # (H, W, C)

@@ -10,6 +10,7 @@ from ...errors import Data2Vec2Error
 from ...eval.compare import add_comparison_options, write_result
 from ...export import load_encoder_and_config
 from ...model import random_encoder
+from ...options import integer, number
 
 
 def cmd_prepare(args, modality) -> None:
@@ -115,7 +116,7 @@ def add_task_options(p, seeds: bool = False) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised encoder")
     p.add_argument("--cache", help="the data cache holding text/rotten_tomatoes (default: the run's)")
     if seeds:
-        p.add_argument("--seeds", nargs="+", type=int, default=[0],
+        p.add_argument("--seeds", nargs="+", type=integer(0), default=[0],
                        help="fine-tune once per seed (seed s also draws the random init); mean and spread reported")
         p.add_argument("--out", help="also write the JSON result here")
         p.add_argument("--run-dir", help="the runs' folder (default runs/finetune-text/<model folder name>)")
@@ -134,7 +135,7 @@ def add_commands(sub, prepare, modality) -> None:
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on text files")
     p.add_argument("files", nargs="+", help="text files, folders, globs, or 'english' (the prepared corpus)")
     p.add_argument("--out", required=True, help="the tokenizer JSON file to write")
-    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--vocab-size", type=integer(260), default=8192, help="at least the 256 bytes and 4 special tokens")
     p.add_argument("--documents", choices=["paragraph", "file"], default="paragraph")
     p.add_argument("--on-bad-file", choices=["skip", "stop"], default="skip")
     p.add_argument("--cache", default="cache")
@@ -143,11 +144,11 @@ def add_commands(sub, prepare, modality) -> None:
     p = sub.add_parser("finetune-text", help="sentence(-pair) classification or regression: pre-trained vs random "
                                              "init (data2vec2 finetune text-cls-tiny, per epoch)")
     add_task_options(p, seeds=True)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lrs", nargs="+", type=float, default=[3e-4],
+    p.add_argument("--epochs", type=integer(1), default=3)
+    p.add_argument("--lrs", nargs="+", type=number(above=0), default=[3e-4],
                    help="learning rates; with several, each encoder's is chosen on dev (mean over the seeds)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (train.threads; 0: the free cores)")
+    p.add_argument("--batch-size", type=integer(1), default=32)
+    p.add_argument("--threads", type=integer(0), default=0, help="torch threads (train.threads; 0: the free cores)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_finetune_text, modality=modality)
 

@@ -366,7 +366,8 @@ def pretraining_data(config: Config, progress: bool = True) -> PretrainingData:
     print(f"[data2vec2] text: {meta['tokens']:,} tokens from {meta['documents']:,} documents in {meta['files']} "
           f"file(s) -> {len(dataset):,} blocks of {L}", flush=True)
     return PretrainingData(dataset=dataset, collate=TextMaskingCollate(config.masking, config.train.seed),
-                           step_flops=step_flops(config, config.train.batch_size, L))
+                           step_flops=step_flops(config, config.train.batch_size, L),
+                           skipped_before=len(meta["bad_files"]))
 
 
 def synthetic_batch(config: Config) -> tuple[dict, int]:
