@@ -19,7 +19,9 @@ its accuracy (interpolated linearly between the other's checkpoints; None: never
 
 Resumable: every finished piece (a tuning run, a checkpoint's evaluation, a fine-tuning) is written
 to --out at once, and a rerun of the same command skips it; a run killed mid-way resumes its
-pre-training exactly (its plan is kept in the run folder).
+pre-training exactly (its plan is kept in the run folder). Two processes may share --out, one per
+objective (--objectives data2vec2 on one core, --objectives mae on the other): each merges what the
+other wrote before it writes.
 
     python benchmarks/efficiency_trend.py --out docs/results/efficiency_trend.json
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -104,6 +107,10 @@ class Features:
             key = f"probe_test_{share:g}".replace("0.", "")  # probe_test_01, probe_test_1
             out[key], out[key + "_std"], out[key + "_draws"] = float(np.mean(accs)), float(np.std(accs, ddof=1)), accs
         return {k: (float(v) if isinstance(v, (float, torch.Tensor)) else v) for k, v in out.items()}
+
+
+def evaluated(run: dict) -> int:
+    return sum("probe_test" in p for p in run["points"])
 
 
 def reach(run: dict, metric: str, value: float) -> dict | None:
@@ -225,11 +232,22 @@ def main() -> None:
     bf16 = precision == "bf16"  # the features in the precision the runs trained in
 
     def save() -> None:
+        """Write the state, merged with what another process (--objectives of the other one, on
+        another core) wrote to the same file meanwhile: the pieces this one lacks, and of a run both
+        hold, the one with more checkpoints evaluated."""
+        if out.exists():
+            disk = json.loads(out.read_text())
+            for key in ("tuning", "runs", "references", "finetune"):
+                for name, value in disk.get(key, {}).items():
+                    if name not in state[key] or (key == "runs" and evaluated(value) > evaluated(state[key][name])):
+                        state[key][name] = value
         state["header"] = results_header(precision)
         state["ratios"] = {m: ratios(state["runs"], m) for m in ("probe_test", "probe_test_01", "probe_test_1",
                                                                   "knn_test")} if len(state["runs"]) > 1 else {}
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(state, indent=1) + "\n")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state, indent=1) + "\n")
+        os.replace(tmp, out)
         if any("probe_test" in p for run in state["runs"].values() for p in run["points"]):
             plot(state, out)
 
@@ -265,12 +283,15 @@ def main() -> None:
                 encoder, config = load_encoder_and_config(point["checkpoint"])
                 point.update(features.evaluate(features.of(encoder, config, bf16=bf16)))
                 point["eval_seconds"] = round(time.perf_counter() - start, 1)
-                print(json.dumps({"objective": name, **{k: v for k, v in point.items() if "draws" not in k}}), flush=True)
+                shown = {k: v for k, v in point.items() if "draws" not in k}
+                print(json.dumps({"objective": name, **shown}), flush=True)
                 save()
-    if "raw pixels" not in state["references"]:  # the reference rows, once
+    save()  # (takes in what another process wrote meanwhile)
+    ours = "data2vec2" in args.objectives  # the reference rows and the random init's fine-tuning: one process's
+    if ours and "raw pixels" not in state["references"]:  # the reference rows, once
         state["references"]["raw pixels"] = features.evaluate(features.pixels())
         save()
-    if "random init" not in state["references"]:
+    if ours and "random init" not in state["references"]:
         config = load_config("image-tiny", [f"data.cache_dir={args.cache}"])
         encoder = random_encoder(config.model, MODALITIES["image"], seed=0)
         state["references"]["random init"] = features.evaluate(features.of(encoder, config, bf16=bf16))
@@ -278,7 +299,8 @@ def main() -> None:
     if args.phase == "trend":
         return
     for name in [*args.objectives, "random init"]:  # 3. fine-tuning at the last checkpoint, a fixed budget
-        if name in state["finetune"]:
+        save()
+        if name in state["finetune"] or (name == "random init" and not ours):
             continue
         source = state["runs"]["data2vec2" if name == "random init" else name]["points"][-1]["checkpoint"]
         state["finetune"][name] = finetune_run(source, name == "random init", args.finetune_minutes, args.cache,

@@ -67,7 +67,8 @@ def test_a_divergence_names_and_keeps_the_last_checkpoint_before_it_and_rewind_g
     message = str(caught.value)
     found = re.search(r"The loss left its normal range at update (\d+) \((loss|gradient norm) [0-9.e+]+, over 10x its "
                       r"running median [0-9.e+]+\); the newest checkpoint written before that, update (\d+), is kept\. "
-                      r"Go back to it and resume with a lower learning rate: data2vec2 rewind (\S+) (\d+), then", message)
+                      r"Go back to it and resume with a lower learning rate: data2vec2 rewind (\S+) (\d+), then",
+                      message)
     assert found, message
     left, kept = int(found.group(1)), int(found.group(3))
     assert kept < left and kept % 5 == 0 and found.group(4) == str(run) and found.group(5) == str(kept)
