@@ -14,6 +14,10 @@ discriminate more than one linear probe (docs/efficiency.md, "The trend with bud
 3. Fine-tuning (--phase finetune, or all): `data2vec2 finetune image-cls-tiny` of each last
    checkpoint and of the random init for --finetune-minutes (the preset's recipe and schedule,
    sized to the time budget).
+With --control, data2vec 2.0 also pre-trains once more with the preset's teacher instead of the
+tuned one, for exactly as many updates as its long run (the same plan, data order and schedule;
+only the EMA differs), evaluated the same way: what the teacher's sizing changed, apart from the
+budget.
 At each checkpoint of one objective the file gives the seconds and FLOPs the other needs to reach
 its accuracy (interpolated linearly between the other's checkpoints; None: never in its budget).
 
@@ -37,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from efficiency import run_objective
+from finetune_results import summary
 
 from data2vec2 import load_config, load_encoder_and_config
 from data2vec2.eval.knn import knn_accuracy
@@ -46,6 +51,7 @@ from data2vec2.modalities import MODALITIES
 from data2vec2.provenance import auto_precision, results_header
 
 TREND = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+CONTROL = "data2vec 2.0, preset teacher"  # --control: the long run's name
 LR = {"data2vec2": 3e-3, "mae": 1e-3}  # the default run's tuned learning rates (results/efficiency.json)
 # The same number of tuning runs for each objective: name -> the overrides of one setting
 GRIDS = {
@@ -195,10 +201,20 @@ def finetune_run(init: str, random_init: bool, minutes: float, cache: str, folde
     if quick:
         overrides += ["train.max_steps=20", "data.limit=1000", "finetune.valid_size=200", "finetune.eval_every=10"]
     config = load_finetune_config("image-cls-tiny", overrides, MODALITIES)
-    result = finetune(config, folder, MODALITIES["image"], progress=False)["results"]
-    return {"finetune_val": result["scores"]["valid"]["accuracy"],
-            "finetune_test": result["scores"]["fashion-mnist:test"]["accuracy"],
-            "best_step": result["best_step"], "finetune_minutes": minutes, "run": str(folder)}
+    finetune(config, folder, MODALITIES["image"], progress=False)
+    return {"finetune_minutes": minutes, **finetuned(folder)}
+
+
+def finetuned(folder: Path) -> dict:
+    """A fine-tuning's outcome, from its run folder: the best checkpoint's validation and test
+    accuracy, the updates made in how many seconds, and validation accuracy along the way."""
+    run = summary(folder)
+    return {"finetune_val": run["scores"]["valid"]["accuracy"],
+            "finetune_test": run["scores"]["fashion-mnist:test"]["accuracy"], "best_step": run["best_step"],
+            "updates": run["updates"], "train_seconds": run["train_seconds"],
+            "samples_per_s": run["samples_per_s_median"],
+            "valid_curve": [{"step": v["step"], "accuracy": v["accuracy"]} for v in run["valid_curve"]],
+            "run": str(folder)}
 
 
 def main() -> None:
@@ -210,6 +226,8 @@ def main() -> None:
     parser.add_argument("--phase", choices=["tune", "trend", "finetune", "all"], default="all",
                         help="tune: the grids; trend: the grids, then the long runs and their evaluations")
     parser.add_argument("--objectives", nargs="+", choices=list(GRIDS), default=list(GRIDS))
+    parser.add_argument("--control", action="store_true",
+                        help="also data2vec 2.0's long run again with the preset's teacher (the same updates)")
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--runs", default="runs/trend")
     parser.add_argument("--quick", action="store_true", help="every path in minutes: not for claims")
@@ -219,6 +237,8 @@ def main() -> None:
     for option in ("budget_minutes", "tune_minutes", "finetune_minutes", "draws"):
         if getattr(args, option) <= 0:
             parser.error(f"--{option.replace('_', '-')} must be > 0")
+    if args.control and "data2vec2" not in args.objectives:
+        parser.error("--control is data2vec 2.0's: give --objectives data2vec2")
     if args.quick:
         args.budget_minutes, args.tune_minutes, args.finetune_minutes = 0.5, 0.2, 0.2
     out, folder = Path(args.out), Path(args.runs)
@@ -229,6 +249,8 @@ def main() -> None:
     for key in ("tuning", "runs", "references", "finetune"):
         state.setdefault(key, {})
     precision = auto_precision()
+    command = results_header(precision)["command"]  # every command that wrote to the file, in order
+    state["commands"] = [*[c for c in state.get("commands", []) if c != command], command]
     bf16 = precision == "bf16"  # the features in the precision the runs trained in
 
     def save() -> None:
@@ -241,6 +263,8 @@ def main() -> None:
                 for name, value in disk.get(key, {}).items():
                     if name not in state[key] or (key == "runs" and evaluated(value) > evaluated(state[key][name])):
                         state[key][name] = value
+            state["commands"] = [*[c for c in disk.get("commands", []) if c not in state["commands"]],
+                                 *state["commands"]]
         state["header"] = results_header(precision)
         state["ratios"] = {m: ratios(state["runs"], m) for m in ("probe_test", "probe_test_01", "probe_test_1",
                                                                   "knn_test")} if len(state["runs"]) > 1 else {}
@@ -267,6 +291,19 @@ def main() -> None:
             save()
     if args.phase == "tune":
         return
+
+    def evaluate_run(name: str) -> None:
+        """Every checkpoint of long run `name` not yet evaluated."""
+        for point in state["runs"][name]["points"]:
+            if "probe_test" not in point:
+                start = time.perf_counter()
+                encoder, config = load_encoder_and_config(point["checkpoint"])
+                point.update(features.evaluate(features.of(encoder, config, bf16=bf16)))
+                point["eval_seconds"] = round(time.perf_counter() - start, 1)
+                shown = {k: v for k, v in point.items() if "draws" not in k}
+                print(json.dumps({"objective": name, **shown}), flush=True)
+                save()
+
     for name in args.objectives:  # 2. the long runs, each checkpoint evaluated
         tuned = [t for t in state["tuning"].values() if t["objective"] == name]
         chosen = max(tuned, key=lambda t: t["points"][-1]["probe_val"])
@@ -277,15 +314,20 @@ def main() -> None:
             run.update({"setting": chosen["setting"], "overrides": chosen["overrides"]})
             state["runs"][name] = run
             save()
-        for point in run["points"]:
-            if "probe_test" not in point:
-                start = time.perf_counter()
-                encoder, config = load_encoder_and_config(point["checkpoint"])
-                point.update(features.evaluate(features.of(encoder, config, bf16=bf16)))
-                point["eval_seconds"] = round(time.perf_counter() - start, 1)
-                shown = {k: v for k, v in point.items() if "draws" not in k}
-                print(json.dumps({"objective": name, **shown}), flush=True)
-                save()
+        evaluate_run(name)
+    if args.control and CONTROL not in state["runs"]:  # the preset's teacher, as many updates as the tuned one
+        setting, overrides = next(iter(GRIDS["data2vec2"].items()))
+        tuned_run = Path(state["runs"]["data2vec2"]["points"][-1]["checkpoint"]).parent.parent
+        run_folder = folder / f"{tuned_run.name.removesuffix('-trend')}-control"
+        run_folder.mkdir(parents=True, exist_ok=True)
+        (run_folder / "plan.json").write_text((tuned_run / "plan.json").read_text())  # the same updates
+        run = run_objective("image", "data2vec2", LR["data2vec2"], args.budget_minutes, args, folder,
+                            more=tuple(overrides), fractions=TREND, precision="auto", tag="-control")
+        run.update({"setting": setting, "overrides": overrides})
+        state["runs"][CONTROL] = run
+        save()
+    if CONTROL in state["runs"] and "data2vec2" in args.objectives:
+        evaluate_run(CONTROL)
     save()  # (takes in what another process wrote meanwhile)
     ours = "data2vec2" in args.objectives  # the reference rows and the random init's fine-tuning: one process's
     if ours and "raw pixels" not in state["references"]:  # the reference rows, once
@@ -300,7 +342,11 @@ def main() -> None:
         return
     for name in [*args.objectives, "random init"]:  # 3. fine-tuning at the last checkpoint, a fixed budget
         save()
-        if name in state["finetune"] or (name == "random init" and not ours):
+        done = state["finetune"].get(name)
+        if done and "updates" not in done and Path(done["run"], "results.json").exists():  # (an older record)
+            done.update(finetuned(Path(done["run"])))
+            save()
+        if done or (name == "random init" and not ours):
             continue
         source = state["runs"]["data2vec2" if name == "random init" else name]["points"][-1]["checkpoint"]
         state["finetune"][name] = finetune_run(source, name == "random init", args.finetune_minutes, args.cache,

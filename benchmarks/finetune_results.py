@@ -25,10 +25,11 @@ def summary(run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
+    steady = train[1:] or train  # (the first logged update includes the start-up)
     config = (run / "config.yaml").read_text()
     return {**results, "updates": train[-1]["step"], "train_seconds": round(train[-1]["elapsed_s"], 1),
-            "samples_per_s_median": round(statistics.median(r["samples_per_s"] for r in train[1:]), 1),
-            "mfu_median": round(statistics.median(r["mfu"] for r in train[1:]), 4),
+            "samples_per_s_median": round(statistics.median(r["samples_per_s"] for r in steady), 1),
+            "mfu_median": round(statistics.median(r["mfu"] for r in steady), 4),
             "valid_curve": [{"step": r["step"], **{k[6:]: v for k, v in r.items() if k.startswith("valid_")}}
                             for r in rows if any(k.startswith("valid_") for k in r)],
             "loss_last": train[-1]["loss"], "config_yaml": config}

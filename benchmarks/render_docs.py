@@ -382,7 +382,7 @@ def trend(data: dict) -> list[str]:
         for p in run["points"]:
             if "probe_test" not in p:
                 continue
-            lines.append(row([OBJECTIVES[name], f"1/{round(1 / p['fraction'])}" if p["fraction"] < 1 else "all",
+            lines.append(row([OBJECTIVES.get(name, name), share(p["fraction"]),
                               f"{p['updates']:,}", f"{p['seconds']:,.0f}", f"{p['flops'] / 1e12:,.1f}",
                               f"{pct(p['probe_test'])} %", low(p, "probe_test_01"), low(p, "probe_test_1"),
                               f"{pct(p['knn_test'])} %"]))
@@ -392,18 +392,60 @@ def trend(data: dict) -> list[str]:
     return lines
 
 
+def share(fraction: float) -> str:
+    """A checkpoint's place in its run: 1/16 ... all."""
+    return f"1/{round(1 / fraction)}" if fraction < 1 else "all"
+
+
 def trend_ratios(data: dict) -> list[str]:
     """At each checkpoint of each objective: the seconds and FLOPs the other needs to reach its
     probe accuracy (all labels), and their ratios (> 1: this objective is ahead there)."""
     lines = [row(["objective at", "updates", "probe", "the other reaches it at (s)", "time ratio",
                   "FLOP ratio"]), row(["---", "---:", "---:", "---:", "---:", "---:"])]
     for r in data["ratios"].get("probe_test", []):
-        at = f"{OBJECTIVES[r['objective']]}, " + (f"1/{round(1 / r['fraction'])}" if r["fraction"] < 1 else "all")
+        if {r["objective"], r["other"]} != {"data2vec2", "mae"}:  # (the control run: trend_control)
+            continue
+        at = f"{OBJECTIVES[r['objective']]}, {share(r['fraction'])}"
         reached = "never" if r["other_seconds"] is None else f"{r['other_seconds']:,.0f}" + (
             " (interpolated)" if r["interpolated"] else "")
         lines.append(row([at, f"{r['updates']:,}", f"{pct(r['accuracy'])} %", reached,
                           "-" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}",
                           "-" if r["flops_ratio"] is None else f"{r['flops_ratio']:.2f}"]))
+    return lines
+
+
+def trend_control(data: dict) -> list[str]:
+    """The control run (data2vec 2.0 with the preset's teacher, as many updates as the tuned run):
+    at each checkpoint, its probe accuracy, the tuned teacher's and MAE's at the same point of their
+    runs, and the time each of those needs to reach the control's accuracy (its ratio to the control's)."""
+    control = next(name for name in data["runs"] if name not in OBJECTIVES)
+    at = {(r["other"], r["fraction"]): r for r in data["ratios"].get("probe_test", []) if r["objective"] == control}
+    same = {name: {p["fraction"]: p for p in data["runs"][name]["points"]} for name in ("data2vec2", "mae")}
+    lines = [row(["of the run", "updates", "preset teacher: probe", "tuned teacher: probe", "reaches it (time ratio)",
+                  "MAE: probe", "reaches it (time ratio)"]), row(["---:"] * 7)]
+    for p in data["runs"][control]["points"]:
+        if "probe_test" not in p:
+            continue
+        cells = [share(p["fraction"]), f"{p['updates']:,}", f"{pct(p['probe_test'])} %"]
+        for other in ("data2vec2", "mae"):
+            r = at.get((other, p["fraction"]))
+            cells += [f"{pct(same[other][p['fraction']].get('probe_test'))} %",
+                      "never" if r is None or r["time_ratio"] is None else f"{r['time_ratio']:.2f}"]
+        lines.append(row(cells))
+    return lines
+
+
+def trend_finetune(data: dict) -> list[str]:
+    """benchmarks/efficiency_trend.py's last phase: the last checkpoint of each long run and the
+    random init fine-tuned with image-cls-tiny's recipe for the same time; validation accuracy
+    along the way, the best checkpoint's validation and test accuracy."""
+    lines = [row(["encoder", "minutes", "updates", "images / s", "validation along the way", "best step",
+                  "validation", "**test**"]), row(["---", "---:", "---:", "---:", "---", "---:", "---:", "---:"])]
+    for name, r in data["finetune"].items():
+        curve = ", ".join(f"{pct(v['accuracy'])}" for v in r["valid_curve"])
+        lines.append(row([OBJECTIVES.get(name, name) + (", last checkpoint" if name in data["runs"] else ""),
+                          f"{r['finetune_minutes']:g}", f"{r['updates']:,}", f"{r['samples_per_s']:.0f}", curve,
+                          f"{r['best_step']:,}", f"{pct(r['finetune_val'], 2)} %", f"**{pct(r['finetune_test'], 2)} %**"]))
     return lines
 
 
@@ -414,7 +456,8 @@ RENDERERS = {"efficiency": efficiency, "ctc_lm": ctc_lm, "predict_speed": predic
              "finetune_recipe": finetune_recipe, "ctc_runs": ctc_runs, "predicted_scores": predicted_scores,
              "preset_memory": preset_memory, "fsdp_state": fsdp_state, "busy_core": busy_core,
              "kill_loop": kill_loop, "probe_subset_cost": probe_subset_cost, "trend_tuning": trend_tuning,
-             "trend": trend, "trend_ratios": trend_ratios}
+             "trend": trend, "trend_ratios": trend_ratios, "trend_control": trend_control,
+             "trend_finetune": trend_finetune}
 
 
 def render(text: str, where: Path) -> str:

@@ -286,7 +286,8 @@ def test_the_thread_count_follows_the_setting_the_environment_the_resumed_run_th
 def test_a_run_slowed_down_under_a_time_budget_still_ends_its_schedules(tmp_path, small_overrides, monkeypatch):
     """Planned for 1,000 updates, slowed to about 0.25 s an update, with a 4 s budget: the learning
     rate and the EMA follow the fraction of the budget spent and reach their ends when it runs out.
-    A resumed run continues the budget (its elapsed seconds are in the checkpoint)."""
+    A resumed run continues the budget (its elapsed seconds are in the checkpoint); once it is spent,
+    the same command again makes no update."""
     import time
 
     from data2vec2.train import loop
@@ -314,3 +315,6 @@ def test_a_run_slowed_down_under_a_time_budget_still_ends_its_schedules(tmp_path
     assert rows[2]["lr"] > 0.2 * 1e-3  # while by update 3 it was still warming up or near its peak
     lrs = [r["lr"] for r in rows]
     assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:]))  # decaying, never back up
+    again = pretrain(config, tmp_path / "run", progress=False)
+    assert again["steps"] == result["steps"] and again["stop_reason"] == "time_budget"
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl") == rows

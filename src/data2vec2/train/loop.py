@@ -195,9 +195,15 @@ def _train(config: Config, run_dir: Path, modality: "Modality", job: Job, *, res
     window_time, window_samples, window_steps = start_time, 0, 0
     last: dict = {}
     stop_reason = "max_steps"
+    out_of_time = train.time_budget_s > 0 and elapsed_before >= train.time_budget_s  # (rerun after its end)
+    if out_of_time:
+        stop_reason = "time_budget"
+        if info.is_main:
+            print(f"[data2vec2] the run has used its time budget ({elapsed_before:.0f} s of "
+                  f"train.time_budget_s={train.time_budget_s:g}) at update {step}: no update to make", flush=True)
     # a signal ends the loop after the current update (saved); the workers end with the loop
     with StopRequests() as stop, contextlib.closing(batches), bar, logger:
-        while step < total_steps:
+        while step < total_steps and not out_of_time:
             if stop.asked():
                 _stop(training, step, saved_step, run_dir, stop.received or signal.SIGTERM)
             micro_batches = [next(batches) for _ in range(train.grad_accum)]
