@@ -11,7 +11,7 @@ discriminate more than one linear probe (docs/efficiency.md, "The trend with bud
    gets, on frozen features: the linear probe from all 55,000 other training images (validation and
    test), low-label probes from 1 % and 10 % of them (--draws random draws each: mean and spread),
    and kNN (k = 20, cosine, temperature 0.07). Raw pixels and a random init get the same, once.
-3. Fine-tuning (--phase finetune, or all): `data2vec2 finetune image-cls-tiny` of each last
+3. Fine-tuning (the default --phase all): `data2vec2 finetune image-cls-tiny` of each last
    checkpoint and of the random init for --finetune-minutes (the preset's recipe and schedule,
    sized to the time budget).
 With --control, data2vec 2.0 also pre-trains once more with the preset's teacher instead of the
@@ -174,7 +174,7 @@ def plot(state: dict, out: Path) -> None:
                 points = [p for p in run["points"] if metric in p]
                 if points:
                     pane.plot([p[axis] for p in points], [100 * p[metric] for p in points], marker="o",
-                              label={"data2vec2": "data2vec 2.0", "mae": "MAE"}.get(name, name))
+                              label={"data2vec2": "data2vec 2.0, teacher sized to the run", "mae": "MAE"}.get(name, name))
             for name, ref in state["references"].items():
                 pane.axhline(100 * ref[metric], linestyle="--", color="grey" if name == "raw pixels" else "black",
                              linewidth=1, label=name)
@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--tune-minutes", type=float, default=4.0, help="each setting of the tuning grids")
     parser.add_argument("--finetune-minutes", type=float, default=20.0)
     parser.add_argument("--draws", type=int, default=3, help="draws of each low-label probe")
-    parser.add_argument("--phase", choices=["tune", "trend", "finetune", "all"], default="all",
+    parser.add_argument("--phase", choices=["tune", "trend", "all"], default="all",
                         help="tune: the grids; trend: the grids, then the long runs and their evaluations")
     parser.add_argument("--objectives", nargs="+", choices=list(GRIDS), default=list(GRIDS))
     parser.add_argument("--control", action="store_true",

@@ -417,12 +417,13 @@ def trend_ratios(data: dict) -> list[str]:
 def trend_control(data: dict) -> list[str]:
     """The control run (data2vec 2.0 with the preset's teacher, as many updates as the tuned run):
     at each checkpoint, its probe accuracy, the tuned teacher's and MAE's at the same point of their
-    runs, and the time each of those needs to reach the control's accuracy (its ratio to the control's)."""
+    runs, and the FLOPs each of those needs to reach the control's accuracy, over the control's (exact,
+    where the seconds depend on what shared the machine with each run)."""
     control = next(name for name in data["runs"] if name not in OBJECTIVES)
     at = {(r["other"], r["fraction"]): r for r in data["ratios"].get("probe_test", []) if r["objective"] == control}
     same = {name: {p["fraction"]: p for p in data["runs"][name]["points"]} for name in ("data2vec2", "mae")}
-    lines = [row(["of the run", "updates", "preset teacher: probe", "tuned teacher: probe", "reaches it (time ratio)",
-                  "MAE: probe", "reaches it (time ratio)"]), row(["---:"] * 7)]
+    lines = [row(["of the run", "updates", "preset teacher: probe", "tuned teacher: probe", "reaches it (FLOP ratio)",
+                  "MAE: probe", "reaches it (FLOP ratio)"]), row(["---:"] * 7)]
     for p in data["runs"][control]["points"]:
         if "probe_test" not in p:
             continue
@@ -430,7 +431,7 @@ def trend_control(data: dict) -> list[str]:
         for other in ("data2vec2", "mae"):
             r = at.get((other, p["fraction"]))
             cells += [f"{pct(same[other][p['fraction']].get('probe_test'))} %",
-                      "never" if r is None or r["time_ratio"] is None else f"{r['time_ratio']:.2f}"]
+                      "never" if r is None or r["flops_ratio"] is None else f"{r['flops_ratio']:.2f}"]
         lines.append(row(cells))
     return lines
 
