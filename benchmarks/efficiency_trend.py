@@ -52,6 +52,7 @@ from data2vec2.provenance import auto_precision, results_header
 
 TREND = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 CONTROL = "data2vec 2.0, preset teacher"  # --control: the long run's name
+LABELS = {"data2vec2": "data2vec 2.0, teacher sized to the run", "mae": "MAE"}  # the plots' legends
 LR = {"data2vec2": 3e-3, "mae": 1e-3}  # the default run's tuned learning rates (results/efficiency.json)
 # The same number of tuning runs for each objective: name -> the overrides of one setting
 GRIDS = {
@@ -174,7 +175,7 @@ def plot(state: dict, out: Path) -> None:
                 points = [p for p in run["points"] if metric in p]
                 if points:
                     pane.plot([p[axis] for p in points], [100 * p[metric] for p in points], marker="o",
-                              label={"data2vec2": "data2vec 2.0, teacher sized to the run", "mae": "MAE"}.get(name, name))
+                              label=LABELS.get(name, name))
             for name, ref in state["references"].items():
                 pane.axhline(100 * ref[metric], linestyle="--", color="grey" if name == "raw pixels" else "black",
                              linewidth=1, label=name)
@@ -342,11 +343,7 @@ def main() -> None:
         return
     for name in [*args.objectives, "random init"]:  # 3. fine-tuning at the last checkpoint, a fixed budget
         save()
-        done = state["finetune"].get(name)
-        if done and "updates" not in done and Path(done["run"], "results.json").exists():  # (an older record)
-            done.update(finetuned(Path(done["run"])))
-            save()
-        if done or (name == "random init" and not ours):
+        if name in state["finetune"] or (name == "random init" and not ours):
             continue
         source = state["runs"]["data2vec2" if name == "random init" else name]["points"][-1]["checkpoint"]
         state["finetune"][name] = finetune_run(source, name == "random init", args.finetune_minutes, args.cache,

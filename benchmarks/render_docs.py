@@ -369,6 +369,11 @@ def trend_tuning(data: dict) -> list[str]:
     return lines
 
 
+def share(fraction: float) -> str:
+    """A checkpoint's place in its run: 1/16 ... all."""
+    return f"1/{round(1 / fraction)}" if fraction < 1 else "all"
+
+
 def trend(data: dict) -> list[str]:
     """benchmarks/efficiency_trend.py: every checkpoint of each long run (and the reference rows),
     with its cost and the evaluations: the probe from all training labels, from 1 % and 10 % of
@@ -390,11 +395,6 @@ def trend(data: dict) -> list[str]:
         lines.append(row([name, "", "", "", "", f"{pct(p['probe_test'])} %", low(p, "probe_test_01"),
                           low(p, "probe_test_1"), f"{pct(p['knn_test'])} %"]))
     return lines
-
-
-def share(fraction: float) -> str:
-    """A checkpoint's place in its run: 1/16 ... all."""
-    return f"1/{round(1 / fraction)}" if fraction < 1 else "all"
 
 
 def trend_ratios(data: dict) -> list[str]:
@@ -446,7 +446,8 @@ def trend_finetune(data: dict) -> list[str]:
         curve = ", ".join(f"{pct(v['accuracy'])}" for v in r["valid_curve"])
         lines.append(row([OBJECTIVES.get(name, name) + (", last checkpoint" if name in data["runs"] else ""),
                           f"{r['finetune_minutes']:g}", f"{r['updates']:,}", f"{r['samples_per_s']:.0f}", curve,
-                          f"{r['best_step']:,}", f"{pct(r['finetune_val'], 2)} %", f"**{pct(r['finetune_test'], 2)} %**"]))
+                          f"{r['best_step']:,}", f"{pct(r['finetune_val'], 2)} %",
+                          f"**{pct(r['finetune_test'], 2)} %**"]))
     return lines
 
 
