@@ -88,11 +88,12 @@ FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)
 
 def run_objective(modality_name: str, name: str, lr: float, minutes: float, args, folder: Path,
                   extra: list[str] | None = None, more: tuple[str, ...] = (), fractions: tuple = FRACTIONS,
-                  precision: str = "fp32", tag: str = "") -> dict:
+                  precision: str = "fp32", tag: str = "", step_s: float | None = None) -> dict:
     """Pre-train objective `name` (or, with `extra`, data2vec 2.0 with those overrides: an ablation;
     `more`: overrides after the objective's own) for `minutes`, with a checkpoint at each of
-    `fractions` of the updates. A run folder that holds its plan (plan.json: the update time measured
-    and the updates planned) resumes with that plan."""
+    `fractions` of the updates, planned from the update time measured at the start (or `step_s`,
+    another run's: the same updates). A run folder that holds its plan (plan.json: the update time
+    and the minutes) resumes with that plan."""
     overrides = (AS_RECORDED.get(modality_name, []) + (OBJECTIVES[modality_name][name] if extra is None else extra)
                  + list(more) + [f"optim.lr={lr}", f"data.cache_dir={args.cache}", f"train.precision={precision}"])
     preset = PRESETS[modality_name]
@@ -105,9 +106,10 @@ def run_objective(modality_name: str, name: str, lr: float, minutes: float, args
     if (run / "plan.json").exists():
         step_s = json.loads((run / "plan.json").read_text())["step_s"]
     else:
-        # The faster of two medians of 6 updates: a shared host that slows down for a few seconds only
-        # inflates a measurement, and an inflated one would end the run well before its budget.
-        step_s = min(time_updates(config, modality, steps=6)["step_s"] for _ in range(2))
+        if step_s is None:
+            # The faster of two medians of 6 updates: a shared host that slows down for a few seconds
+            # only inflates a measurement, and an inflated one would end the run well before its budget.
+            step_s = min(time_updates(config, modality, steps=6)["step_s"] for _ in range(2))
         run.mkdir(parents=True, exist_ok=True)
         (run / "plan.json").write_text(json.dumps({"step_s": step_s, "minutes": minutes}) + "\n")
     every = max(1, int(budget / (step_s * 1.05)) // parts)  # 1/parts of the updates; the data loader's share: 5 %

@@ -318,12 +318,9 @@ def main() -> None:
         evaluate_run(name)
     if args.control and CONTROL not in state["runs"]:  # the preset's teacher, as many updates as the tuned one
         setting, overrides = next(iter(GRIDS["data2vec2"].items()))
-        tuned_run = Path(state["runs"]["data2vec2"]["points"][-1]["checkpoint"]).parent.parent
-        run_folder = folder / f"{tuned_run.name.removesuffix('-trend')}-control"
-        run_folder.mkdir(parents=True, exist_ok=True)
-        (run_folder / "plan.json").write_text((tuned_run / "plan.json").read_text())  # the same updates
         run = run_objective("image", "data2vec2", LR["data2vec2"], args.budget_minutes, args, folder,
-                            more=tuple(overrides), fractions=TREND, precision="auto", tag="-control")
+                            more=tuple(overrides), fractions=TREND, precision="auto", tag="-control",
+                            step_s=state["runs"]["data2vec2"]["step_s_measured"])
         run.update({"setting": setting, "overrides": overrides})
         state["runs"][CONTROL] = run
         save()
